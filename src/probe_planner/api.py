@@ -1,0 +1,37 @@
+"""The front door: ``solve(loads, topology, budget, solver=...)`` -> validated :class:`Plan`."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .budget import Budget
+from .loads import Sources
+from .plan import Plan
+from .problem import Problem
+from .solvers import get_solver
+from .topology import Topology
+
+
+def solve(loads: np.ndarray, topology: Topology, budget: Budget, solver: str = "greedy", *,
+          sources: Sources | None = None, **options) -> Plan:
+    """Plan replicas and token routing for ``loads`` on ``topology`` within ``budget``.
+
+    loads: ``[E]`` or ``[L, E]`` (tokens per expert, sources uniform) or ``[G, E]`` / ``[L, G, E]``
+    (tokens per source rank per expert); fractional loads (a predictor's expectations) give
+    fractional routing. A 2-D array is read as ``[G, E]`` unless ``sources="uniform"``.
+    solver: a registered name (``probe_planner.solvers.solver_names()``); ``options`` go to it.
+
+    Returns a validated :class:`Plan` carrying its metrics, the solver's name and its wall time
+    (problem building included, validation excluded). Raises a :class:`PlannerError` subclass on
+    bad input; never returns an invalid plan.
+    """
+    start = time.perf_counter()
+    fn = get_solver(solver)
+    prob = Problem.build(loads, topology, budget, sources, start=start)
+    out = fn(prob, **options)
+    elapsed = time.perf_counter() - start
+    plan = Plan(topology, budget, prob.loads, out.replicas, out.route_idx, out.route_tok,
+                solver=solver, solve_time_s=elapsed, info=out.info)
+    return plan.validate()

@@ -1,0 +1,232 @@
+"""The one cost model every solver and every report uses (see docs/formulation.md).
+
+A layer runs dispatch -> expert compute -> combine, each phase ending at a barrier, so
+``makespan = max_r comm[r] + max_r comp[r] + max_r comm[r]``. The numba primitives below are shared
+by the solvers' inner loops and by :func:`evaluate`, so a solver's internal score and the reported
+metric are the same arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+from .topology import Topology
+
+# Indices into the flat parameter vector handed to numba kernels.
+ALPHA, BETA, TOK_INTRA, TOK_INTER, COPY_INTRA, COPY_INTER = range(6)
+
+
+@dataclass(frozen=True)
+class CostParams:
+    """Per-unit times in µs derived from a topology.
+
+    ``alpha_us``: compute per token per expert (FLOPs / peak); ``beta_us``: streaming one expert's
+    weights from HBM (the roofline floor of an active expert); ``tok_*_us``: one token over an
+    intra-/inter-node link; ``copy_*_us``: one expert's weights over that link.
+    """
+
+    alpha_us: float
+    beta_us: float
+    tok_intra_us: float
+    tok_inter_us: float
+    copy_intra_us: float
+    copy_inter_us: float
+
+    @classmethod
+    def from_topology(cls, topo: Topology) -> CostParams:
+        m = topo.model
+        return cls(
+            alpha_us=m.flops_per_token / topo.peak_flops * 1e6,
+            beta_us=m.expert_bytes / topo.hbm_bw * 1e6,
+            tok_intra_us=m.token_bytes / topo.intra_node_bw * 1e6,
+            tok_inter_us=m.token_bytes / topo.inter_node_bw * 1e6,
+            copy_intra_us=m.expert_bytes / topo.intra_node_bw * 1e6,
+            copy_inter_us=m.expert_bytes / topo.inter_node_bw * 1e6,
+        )
+
+    def vector(self) -> np.ndarray:
+        """The flat ``[6]`` float64 form numba kernels take (indexed by ALPHA, BETA, ...)."""
+        return np.array([self.alpha_us, self.beta_us, self.tok_intra_us, self.tok_inter_us,
+                         self.copy_intra_us, self.copy_inter_us])
+
+
+@nb.njit(cache=True, inline="always")
+def expert_time_us(tokens, alpha, beta):
+    """Roofline time of one active expert on one rank: ``max(n·alpha, beta)``; 0 when idle."""
+    if tokens <= 0.0:
+        return 0.0
+    t = tokens * alpha
+    return t if t > beta else beta
+
+
+@nb.njit(cache=True, inline="always")
+def link_time_us(in_intra, in_inter, out_intra, out_inter, unit_intra, unit_inter):
+    """Time for a rank's traffic: intra/inter links and both directions run concurrently."""
+    a = in_intra * unit_intra
+    b = in_inter * unit_inter
+    c = out_intra * unit_intra
+    d = out_inter * unit_inter
+    return max(max(a, b), max(c, d))
+
+
+@nb.njit(cache=True)
+def _evaluate(num_layers, num_ranks, num_experts, route_idx, route_tok, replicas, node_of, p):
+    """Per-(layer, rank) tokens processed, compute, comm and transfer µs; see :func:`evaluate`."""
+    x = np.zeros((num_layers, num_ranks, num_experts))
+    vol = np.zeros((num_layers, num_ranks, 4))  # in_intra, in_inter, out_intra, out_inter
+    for i in range(route_idx.shape[0]):
+        lay, s, e, d = route_idx[i, 0], route_idx[i, 1], route_idx[i, 2], route_idx[i, 3]
+        t = route_tok[i]
+        x[lay, d, e] += t
+        if s != d:
+            k = 0 if node_of[s] == node_of[d] else 1
+            vol[lay, d, k] += t
+            vol[lay, s, 2 + k] += t
+    copies = np.zeros((num_layers, num_ranks, 4))
+    for i in range(replicas.shape[0]):
+        lay, src, dst = replicas[i, 0], replicas[i, 2], replicas[i, 3]
+        k = 0 if node_of[src] == node_of[dst] else 1
+        copies[lay, dst, k] += 1.0
+        copies[lay, src, 2 + k] += 1.0
+    processed = np.zeros((num_layers, num_ranks))
+    comp = np.zeros((num_layers, num_ranks))
+    comm = np.zeros((num_layers, num_ranks))
+    trans = np.zeros((num_layers, num_ranks))
+    for lay in range(num_layers):
+        for r in range(num_ranks):
+            acc = 0.0
+            tok = 0.0
+            for e in range(num_experts):
+                acc += expert_time_us(x[lay, r, e], p[ALPHA], p[BETA])
+                tok += x[lay, r, e]
+            comp[lay, r] = acc
+            processed[lay, r] = tok
+            v = vol[lay, r]
+            comm[lay, r] = link_time_us(v[0], v[1], v[2], v[3], p[TOK_INTRA], p[TOK_INTER])
+            c = copies[lay, r]
+            trans[lay, r] = link_time_us(c[0], c[1], c[2], c[3], p[COPY_INTRA], p[COPY_INTER])
+    return processed, comp, comm, trans
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Cost-model evaluation of a plan; per-layer arrays are ``[L]``, per-rank ``[L, G]``.
+
+    ``makespan_us`` is the sum of layer makespans (one pass through all planned layers);
+    ``imbalance_ratio`` is the mean over layers of max/mean tokens processed per rank.
+    """
+
+    layer_makespan_us: np.ndarray
+    dispatch_us: np.ndarray
+    compute_us: np.ndarray
+    tokens_processed: np.ndarray
+    compute_per_rank_us: np.ndarray
+    comm_per_rank_us: np.ndarray
+    transfer_per_rank_us: np.ndarray
+    layer_imbalance: np.ndarray
+    layer_compute_imbalance: np.ndarray
+
+    @property
+    def makespan_us(self) -> float:
+        return float(self.layer_makespan_us.sum())
+
+    @property
+    def imbalance_ratio(self) -> float:
+        return float(self.layer_imbalance.mean())
+
+    @property
+    def compute_imbalance(self) -> float:
+        return float(self.layer_compute_imbalance.mean())
+
+
+def _ratio_max_mean(a: np.ndarray) -> np.ndarray:
+    mean = a.mean(axis=-1)
+    out = np.ones_like(mean)
+    np.divide(a.max(axis=-1), mean, out=out, where=mean > 0)
+    return out
+
+
+def evaluate(topo: Topology, num_layers: int, route_idx: np.ndarray, route_tok: np.ndarray,
+             replicas: np.ndarray, params: CostParams | None = None) -> Metrics:
+    """Score a plan given as routes and replicas.
+
+    route_idx: ``[N, 4]`` int (layer, source rank, expert, destination rank); route_tok: ``[N]``
+    tokens; replicas: ``[R, 4]`` int (layer, expert, source rank, destination rank).
+    """
+    p = (params or CostParams.from_topology(topo)).vector()
+    processed, comp, comm, trans = _evaluate(
+        num_layers, topo.num_ranks, topo.num_experts, np.ascontiguousarray(route_idx, dtype=np.int64),
+        np.ascontiguousarray(route_tok, dtype=np.float64), np.ascontiguousarray(replicas, dtype=np.int64),
+        topo.node_of, p)
+    dispatch = comm.max(axis=1)
+    compute = comp.max(axis=1)
+    return Metrics(
+        layer_makespan_us=2.0 * dispatch + compute,
+        dispatch_us=dispatch,
+        compute_us=compute,
+        tokens_processed=processed,
+        compute_per_rank_us=comp,
+        comm_per_rank_us=comm,
+        transfer_per_rank_us=trans,
+        layer_imbalance=_ratio_max_mean(processed),
+        layer_compute_imbalance=_ratio_max_mean(comp),
+    )
+
+
+def copy_capacity(topo: Topology, windows_us: np.ndarray, params: CostParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``([G] copies a rank can receive, [G] copies it can send)`` within its window (and slots)."""
+    p = params or CostParams.from_topology(topo)
+    g = topo.num_ranks
+    links = []
+    if topo.ranks_per_node > 1:
+        links.append(p.copy_intra_us)
+    if topo.num_nodes > 1:
+        links.append(p.copy_inter_us)
+    cap = np.zeros(g)
+    for unit in links:  # the two link kinds run concurrently, so their capacities add
+        cap += np.floor(np.minimum(windows_us / unit, g))
+    return np.minimum(cap, topo.slots), cap
+
+
+def lower_bound_us(topo: Topology, loads: np.ndarray, windows_us: np.ndarray,
+                   params: CostParams | None = None) -> np.ndarray:
+    """``[L]`` lower bound on each layer's makespan that no valid plan can beat.
+
+    compute: max(total roofline work / G, the hottest expert split over every rank that could host
+    it); comm: tokens a source must send because it cannot host their expert, over both its links.
+    The two bound different phases, so ``2·comm + compute`` is a bound. Derivation in
+    docs/formulation.md.
+    """
+    p = params or CostParams.from_topology(topo)
+    g = topo.num_ranks
+    native = topo.native
+    n_e = loads.sum(axis=1)  # [L, E]
+    work = np.where(n_e > 0, np.maximum(n_e * p.alpha_us, p.beta_us), 0.0)
+    cap_in, cap_out = copy_capacity(topo, windows_us, p)
+    can_receive = (cap_in >= 1)[:, None] & ~native  # [G, E]
+    max_copies = np.minimum(can_receive.sum(axis=0), (cap_out[:, None] * native).sum(axis=0))
+    hosts = native.sum(axis=0) + max_copies  # [E]
+    hottest = np.where(n_e > 0, np.maximum(n_e * p.alpha_us / hosts, p.beta_us), 0.0).max(axis=1)
+    comp_lb = np.maximum(work.sum(axis=1) / g, hottest)
+
+    # Tokens of s for experts s does not host natively must leave s, except for the cap_in[s]
+    # experts it could take replicas of (best case: its heaviest ones).
+    foreign = np.where(native[None], 0.0, loads)  # [L, G, E]
+    keep = int(min(topo.slots, topo.num_experts))
+    if keep:
+        top = -np.sort(-foreign, axis=2)[:, :, :keep]  # [L, G, keep]
+        mask = np.arange(keep)[None, None, :] < cap_in[None, :, None]
+        kept = (top * mask).sum(axis=2)
+    else:
+        kept = 0.0
+    forced = foreign.sum(axis=2) - kept  # [L, G]
+    rate = 0.0  # tokens per µs a rank can push out over all its links
+    if topo.ranks_per_node > 1:
+        rate += 1.0 / p.tok_intra_us
+    if topo.num_nodes > 1:
+        rate += 1.0 / p.tok_inter_us
+    comm_lb = (forced.max(axis=1) / rate) if rate > 0 else np.zeros(loads.shape[0])
+    return 2.0 * comm_lb + comp_lb

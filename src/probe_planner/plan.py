@@ -1,0 +1,182 @@
+"""A balance plan: replicas to copy and how every source's tokens are routed, plus its metrics.
+
+Stored compactly as coordinate lists, never as a dense ``[G, E, G]`` tensor:
+
+- ``replicas [R, 4]`` int64 columns (layer, expert, source rank, destination rank): copy the
+  expert's weights from a native host into a spare slot of the destination for that layer.
+- ``route_idx [N, 4]`` int64 columns (layer, source rank, expert, destination rank) and
+  ``route_tok [N]`` float64: how many of the source's tokens for that expert the destination
+  processes. Local tokens appear with source == destination.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from .budget import Budget
+from .cost import Metrics, evaluate, lower_bound_us
+from .errors import PlanInvalidError
+from .topology import Topology
+
+LAYER, EXPERT, SRC, DST = range(4)  # replica columns
+R_LAYER, R_SRC, R_EXPERT, R_DST = range(4)  # route columns
+_REL_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer of a plan: replicas ``[R, 3]`` (expert, src, dst); routes ``[N, 3]``
+    (src, expert, dst) with tokens ``[N]``."""
+
+    replicas: np.ndarray
+    routes: np.ndarray
+    tokens: np.ndarray
+
+
+class Plan:
+    """A solver's answer for ``L`` layers; see the module docstring for the layout.
+
+    ``loads`` is the ``[L, G, E]`` problem the plan answers; ``validate()`` checks every invariant;
+    metrics come from the one cost model (``probe_planner.cost``).
+    """
+
+    def __init__(self, topology: Topology, budget: Budget, loads: np.ndarray, replicas: np.ndarray,
+                 route_idx: np.ndarray, route_tok: np.ndarray, *, solver: str, solve_time_s: float,
+                 info: dict | None = None) -> None:
+        self.topology = topology
+        self.budget = budget
+        self.loads = np.asarray(loads, dtype=np.float64)
+        self.replicas = np.asarray(replicas, dtype=np.int64).reshape(-1, 4)
+        self.route_idx = np.asarray(route_idx, dtype=np.int64).reshape(-1, 4)
+        self.route_tok = np.asarray(route_tok, dtype=np.float64).reshape(-1)
+        self.solver = solver
+        self.solve_time_s = float(solve_time_s)
+        self.info = dict(info or {})
+
+    # ---- shape -------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.loads.shape[0]
+
+    @property
+    def integral(self) -> bool:
+        return bool(np.all(self.loads == np.floor(self.loads)))
+
+    def layer(self, index: int) -> LayerPlan:
+        """The replicas and routes of one layer."""
+        if not 0 <= index < self.num_layers:
+            raise IndexError(f"layer {index} out of range [0, {self.num_layers})")
+        rm = self.replicas[:, LAYER] == index
+        qm = self.route_idx[:, R_LAYER] == index
+        return LayerPlan(self.replicas[rm, 1:], self.route_idx[qm, 1:], self.route_tok[qm])
+
+    # ---- metrics -----------------------------------------------------------------------------
+    @cached_property
+    def metrics(self) -> Metrics:
+        return evaluate(self.topology, self.num_layers, self.route_idx, self.route_tok, self.replicas)
+
+    @cached_property
+    def layer_lower_bound_us(self) -> np.ndarray:
+        return lower_bound_us(self.topology, self.loads, self.budget.windows(self.topology.num_ranks))
+
+    @property
+    def makespan_us(self) -> float:
+        """Sum over layers of dispatch + compute + combine (each the slowest rank's time)."""
+        return self.metrics.makespan_us
+
+    @property
+    def lower_bound_us(self) -> float:
+        """A makespan no valid plan for these loads can beat (sum over layers)."""
+        return float(self.layer_lower_bound_us.sum())
+
+    @property
+    def imbalance_ratio(self) -> float:
+        """Max over mean tokens processed per rank (mean over layers)."""
+        return self.metrics.imbalance_ratio
+
+    @property
+    def num_replicas(self) -> int:
+        return int(self.replicas.shape[0])
+
+    def summary(self) -> str:
+        """A short human-readable report."""
+        m = self.metrics
+        L, G, E = self.loads.shape
+        lb = self.lower_bound_us
+        return "\n".join([
+            f"solver {self.solver}: {L} layer(s), {G} ranks, {E} experts, solved in {self.solve_time_s * 1e3:.2f} ms",
+            f"  makespan     {self.makespan_us:10.1f} us  (lower bound {lb:.1f} us, ratio {self.makespan_us / lb if lb > 0 else float('nan'):.3f})",
+            f"  phases       dispatch {m.dispatch_us.sum():.1f} + compute {m.compute_us.sum():.1f} + combine {m.dispatch_us.sum():.1f} us",
+            f"  imbalance    {self.imbalance_ratio:.3f} tokens max/mean, {m.compute_imbalance:.3f} compute max/mean",
+            f"  replicas     {self.num_replicas} added",
+        ])
+
+    def __repr__(self) -> str:
+        return (f"Plan(solver={self.solver!r}, layers={self.num_layers}, makespan_us={self.makespan_us:.1f}, "
+                f"replicas={self.num_replicas})")
+
+    # ---- validation --------------------------------------------------------------------------
+    def validate(self) -> Plan:
+        """Check every invariant; raise :class:`PlanInvalidError` naming the first violation."""
+        topo = self.topology
+        L, G, E = self.loads.shape
+        if (G, E) != (topo.num_ranks, topo.num_experts):
+            raise PlanInvalidError(f"loads are [L, {G}, {E}] but the topology has {topo.num_ranks} ranks, {topo.num_experts} experts")
+        rep, ri, rt = self.replicas, self.route_idx, self.route_tok
+        if ri.shape[0] != rt.shape[0]:
+            raise PlanInvalidError(f"{ri.shape[0]} route entries but {rt.shape[0]} token counts")
+        for name, arr, cols in (("replica", rep, (L, E, G, G)), ("route", ri, (L, G, E, G))):
+            for c, hi in enumerate(cols):
+                bad = np.flatnonzero((arr[:, c] < 0) | (arr[:, c] >= hi))
+                if bad.size:
+                    raise PlanInvalidError(f"{name} {bad[0]} = {arr[bad[0]].tolist()}: column {c} outside [0, {hi})")
+        if not np.isfinite(rt).all() or (rt < 0).any():
+            i = np.flatnonzero(~np.isfinite(rt) | (rt < 0))[0]
+            raise PlanInvalidError(f"route {i} = {ri[i].tolist()} carries {rt[i]} tokens (must be finite, >= 0)")
+
+        native = topo.native
+        lay, e, s, d = rep.T
+        bad = np.flatnonzero(~native[s, e])
+        if bad.size:
+            raise PlanInvalidError(f"replica {rep[bad[0]].tolist()}: source rank does not natively host the expert")
+        bad = np.flatnonzero(native[d, e])
+        if bad.size:
+            raise PlanInvalidError(f"replica {rep[bad[0]].tolist()}: destination already hosts the expert natively")
+        key = (lay * E + e) * G + d
+        uniq, counts = np.unique(key, return_counts=True)
+        if (counts > 1).any():
+            k = uniq[counts > 1][0]
+            raise PlanInvalidError(f"expert {k // G % E} copied twice to rank {k % G} in layer {k // (G * E)}")
+        per_slot = np.bincount(lay * G + d, minlength=L * G)
+        if (per_slot > topo.slots).any():
+            k = int(np.argmax(per_slot))
+            raise PlanInvalidError(f"rank {k % G} receives {per_slot[k]} replicas in layer {k // G}, slots={topo.slots}")
+        win = self.budget.windows(G)
+        trans = self.metrics.transfer_per_rank_us
+        over = trans > win[None, :] * (1 + _REL_TOL) + _REL_TOL
+        if over.any():
+            lo, r = np.argwhere(over)[0]
+            raise PlanInvalidError(f"rank {r} in layer {lo}: replica transfers take {trans[lo, r]:.3f} us > window {win[r]:.3f} us")
+
+        host = np.broadcast_to(native, (L, G, E)).copy()
+        host[lay, d, e] = True
+        bad = np.flatnonzero(~host[ri[:, 0], ri[:, 3], ri[:, 2]])
+        if bad.size:
+            raise PlanInvalidError(f"route {ri[bad[0]].tolist()} sends tokens to a rank that does not hold the expert")
+        rkey = ((ri[:, 0] * G + ri[:, 1]) * E + ri[:, 2]) * G + ri[:, 3]
+        if np.unique(rkey).size != rkey.size:
+            raise PlanInvalidError("route entries repeat a (layer, source, expert, destination)")
+        sums = np.bincount((ri[:, 0] * G + ri[:, 1]) * E + ri[:, 2], weights=rt, minlength=L * G * E).reshape(L, G, E)
+        diff = np.abs(sums - self.loads)
+        off = diff > _REL_TOL * np.maximum(1.0, self.loads)
+        if off.any():
+            lo, so, eo = np.argwhere(off)[0]
+            raise PlanInvalidError(
+                f"layer {lo}, source {so}, expert {eo}: routes carry {sums[lo, so, eo]} tokens, loads say {self.loads[lo, so, eo]}")
+        if self.integral and not np.all(rt == np.floor(rt)):
+            i = np.flatnonzero(rt != np.floor(rt))[0]
+            raise PlanInvalidError(f"loads are integral but route {ri[i].tolist()} carries {rt[i]} tokens")
+        return self

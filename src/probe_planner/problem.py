@@ -1,0 +1,47 @@
+"""One HABP instance as every solver sees it: canonical loads, topology, budget and derived constants."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .budget import Budget
+from .cost import CostParams
+from .errors import BudgetError, TopologyError
+from .loads import Sources, canonical_loads
+from .topology import Topology
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    """``loads``: ``[L, G, E]`` float64 tokens per (layer, source rank, expert); ``integral``: whether
+    they are whole numbers (then every plan routes whole tokens); ``windows_us``: ``[G]``;
+    ``deadline``: ``time.perf_counter()`` value by which the solver must return."""
+
+    topology: Topology
+    budget: Budget
+    loads: np.ndarray
+    integral: bool
+    params: CostParams
+    windows_us: np.ndarray
+    deadline: float = field(default=float("inf"))
+
+    @classmethod
+    def build(cls, loads, topology: Topology, budget: Budget, sources: Sources | None = None,
+              start: float | None = None) -> Problem:
+        if not isinstance(topology, Topology):
+            raise TopologyError(f"topology must be a Topology, got {type(topology).__name__}")
+        if not isinstance(budget, Budget):
+            raise BudgetError(f"budget must be a Budget, got {type(budget).__name__}")
+        start = time.perf_counter() if start is None else start
+        arr, integral = canonical_loads(loads, topology, sources)
+        return cls(topology=topology, budget=budget, loads=arr, integral=integral,
+                   params=CostParams.from_topology(topology), windows_us=budget.windows(topology.num_ranks),
+                   deadline=start + budget.time_limit_s)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(L, G, E)``."""
+        return self.loads.shape  # type: ignore[return-value]

@@ -1,0 +1,43 @@
+"""``static`` (baseline placement, no replicas) and ``greedy`` (numba, PROBE-style) solvers."""
+
+from __future__ import annotations
+
+
+from ..errors import SolverError
+from ..problem import Problem
+from . import SolverResult, register
+from .greedy_kernel import plan_layers
+
+
+def run_kernel(prob: Problem, max_moves: int, n_dest: int = 4, n_exp: int = 2) -> SolverResult:
+    topo = prob.topology
+    for name, v in (("max_moves", max_moves), ("n_dest", n_dest), ("n_exp", n_exp)):
+        if int(v) != v or v < (0 if name == "max_moves" else 1):
+            raise SolverError(f"greedy option {name} must be a non-negative integer (n_dest, n_exp >= 1), got {v!r}")
+    rep, ridx, rtok, moves, finished = plan_layers(
+        prob.loads, topo.native, topo.node_of, topo.ranks_per_node, prob.params.vector(), topo.slots,
+        prob.windows_us, prob.integral, int(max_moves), int(n_dest), int(n_exp), prob.deadline)
+    return SolverResult(rep, ridx, rtok, {"moves": moves, "finished": bool(finished)})
+
+
+@register("static")
+def solve_static(prob: Problem) -> SolverResult:
+    """Baseline placement, no replicas; each expert's tokens go to its native host (water-filled,
+    locality first, when the placement hosts it more than once)."""
+    return run_kernel(prob, max_moves=0)
+
+
+@register("greedy")
+def solve_greedy(prob: Problem, max_moves: int | None = None, n_dest: int = 4, n_exp: int = 2) -> SolverResult:
+    """Greedy replication: relieve the bottleneck rank move by move while the makespan drops.
+
+    max_moves: cap on replicas per layer (default: every slot); n_dest: destinations tried per
+    candidate expert; n_exp: candidate experts per bottleneck rank and kind of move.
+    """
+    topo = prob.topology
+    if max_moves is None:
+        max_moves = topo.num_ranks * topo.slots
+    return run_kernel(prob, max_moves, n_dest, n_exp)
+
+
+__all__ = ["solve_static", "solve_greedy", "run_kernel"]
