@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import numpy as np
+
 from ..errors import SolverError
 from ..problem import Problem
 from . import SolverResult, register
@@ -14,8 +16,9 @@ def run_kernel(prob: Problem, max_moves: int, n_dest: int = 4, n_exp: int = 2) -
     for name, v in (("max_moves", max_moves), ("n_dest", n_dest), ("n_exp", n_exp)):
         if int(v) != v or v < (0 if name == "max_moves" else 1):
             raise SolverError(f"greedy option {name} must be a non-negative integer (n_dest, n_exp >= 1), got {v!r}")
+    loads_t = np.ascontiguousarray(prob.loads.transpose(0, 2, 1))
     rep, ridx, rtok, moves, finished = plan_layers(
-        prob.loads, topo.native, topo.node_of, topo.ranks_per_node, prob.params.vector(), topo.slots,
+        prob.loads, loads_t, topo.native, topo.node_of, topo.ranks_per_node, prob.params.vector(), topo.slots,
         prob.windows_us, prob.integral, int(max_moves), int(n_dest), int(n_exp), prob.deadline)
     return SolverResult(rep, ridx, rtok, {"moves": moves, "finished": bool(finished)})
 

@@ -8,6 +8,9 @@ expert it sends most to onto itself — re-water-fill that expert's tokens over 
 tokens stay local, remote ones fill the least-loaded hosts, same-node sources first), score the
 layer with the shared cost model and keep the best move. Integral loads give integral routing.
 
+Helpers are compiled with ``_nrt=False``: they never allocate, and skipping reference counting on
+their many array arguments makes each call ~8x cheaper than an NRT-managed one.
+
 State per layer (all flat arrays): ``hosts[e, :nh[e]]`` the ranks holding ``e`` (natives first),
 ``xh[e, i]`` tokens ``hosts[e, i]`` processes, and per-rank compute µs and traffic volumes.
 """
@@ -31,14 +34,14 @@ def _now():
     return t
 
 
-@nb.njit(cache=True)
-def _waterfill(e, n, total, hosts, nh, xh, comp, alpha, integral, base, key, order):
+@nb.njit(cache=True, _nrt=False)
+def _waterfill(e, nt, total, hosts, nh, xh, comp, alpha, integral, base, key, order):
     """Split expert ``e``'s ``total`` tokens over its hosts: each keeps its local tokens, the rest
     raise the least-loaded hosts to a common compute level. ``comp`` must exclude ``e``."""
     for i in range(nh):
         r = hosts[e, i]
         base[i] = comp[r]
-        key[i] = comp[r] + n[r, e] * alpha
+        key[i] = comp[r] + nt[e, r] * alpha
         order[i] = i
     for i in range(1, nh):  # insertion sort by key: nh is small
         j = i
@@ -47,26 +50,26 @@ def _waterfill(e, n, total, hosts, nh, xh, comp, alpha, integral, base, key, ord
             j -= 1
     inactive = 0.0
     for i in range(nh):
-        inactive += n[hosts[e, i], e]
+        inactive += nt[e, hosts[e, i]]
     active_base = 0.0
     lam = 0.0
     for j in range(nh):
         i = order[j]
-        inactive -= n[hosts[e, i], e]
+        inactive -= nt[e, hosts[e, i]]
         active_base += base[i]
         lam = (alpha * (total - inactive) + active_base) / (j + 1)
         if j + 1 == nh or lam <= key[order[j + 1]]:
             break
     acc = 0.0
     for i in range(nh):
-        loc = n[hosts[e, i], e]
+        loc = nt[e, hosts[e, i]]
         v = (lam - base[i]) / alpha
         xh[e, i] = v if v > loc else loc
         acc += xh[e, i]
     if integral:
         deficit = total
         for i in range(nh):
-            loc = n[hosts[e, i], e]
+            loc = nt[e, hosts[e, i]]
             f = np.floor(xh[e, i] + _TOL)
             if f < loc:
                 f = loc
@@ -84,7 +87,7 @@ def _waterfill(e, n, total, hosts, nh, xh, comp, alpha, integral, base, key, ord
         while deficit < -0.5:  # float overshoot: take back from hosts above their local share
             best = -1
             for i in range(nh):
-                if xh[e, i] > n[hosts[e, i], e] and (best < 0 or key[i] < key[best]):
+                if xh[e, i] > nt[e, hosts[e, i]] and (best < 0 or key[i] < key[best]):
                     best = i
             xh[e, best] -= 1.0
             key[best] = 1e300
@@ -98,17 +101,26 @@ def _waterfill(e, n, total, hosts, nh, xh, comp, alpha, integral, base, key, ord
         xh[e, big] += total - acc
 
 
-@nb.njit(cache=True)
-def _map_remote(e, n, is_host, hosts, nh, xh, rpn, rem, quota, o_src, o_dst, o_amt):
+@nb.njit(cache=True, _nrt=False)
+def _map_remote(e, nt, is_host, hosts, nh, xh, rpn, rem, quota, o_src, o_dst, o_amt):
     """Which remote source sends how many tokens of ``e`` to which host: same-node sources first,
     then the rest in rank order. Deterministic, so removing a mapping replays it exactly.
     Writes ``(src, host, amount)`` triples and returns their count."""
-    g = n.shape[0]
-    for s in range(g):
-        rem[s] = 0.0 if is_host[s, e] else n[s, e]
-    for i in range(nh):
-        quota[i] = xh[e, i] - n[hosts[e, i], e]
+    g = nt.shape[1]
     cnt = 0
+    if nh == 1:  # the common case: every remote token goes to the one host
+        r = hosts[e, 0]
+        for s in range(g):
+            if nt[e, s] > 0.0 and s != r:
+                o_src[cnt] = s
+                o_dst[cnt] = r
+                o_amt[cnt] = nt[e, s]
+                cnt += 1
+        return cnt
+    for s in range(g):
+        rem[s] = 0.0 if is_host[e, s] else nt[e, s]
+    for i in range(nh):
+        quota[i] = xh[e, i] - nt[e, hosts[e, i]]
     for i in range(nh):
         if quota[i] <= 0.0:
             continue
@@ -147,12 +159,12 @@ def _map_remote(e, n, is_host, hosts, nh, xh, rpn, rem, quota, o_src, o_dst, o_a
     return cnt
 
 
-@nb.njit(cache=True)
-def _apply(e, sign, n, is_host, hosts, nh, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt):
+@nb.njit(cache=True, _nrt=False)
+def _apply(e, sign, nt, is_host, hosts, nh, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt):
     """Add (sign=+1) or remove (sign=-1) expert ``e``'s compute and traffic from the rank state."""
     for i in range(nh):
         comp[hosts[e, i]] += sign * expert_time_us(xh[e, i], p[ALPHA], p[BETA])
-    cnt = _map_remote(e, n, is_host, hosts, nh, xh, rpn, rem, quota, o_src, o_dst, o_amt)
+    cnt = _map_remote(e, nt, is_host, hosts, nh, xh, rpn, rem, quota, o_src, o_dst, o_amt)
     for k in range(cnt):
         s, d, a = o_src[k], o_dst[k], sign * o_amt[k]
         link = 0 if node_of[s] == node_of[d] else 1
@@ -160,7 +172,7 @@ def _apply(e, sign, n, is_host, hosts, nh, xh, node_of, rpn, p, comp, vol, rem, 
         vol[s, 2 + link] += a
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _score(comp, vol, p):
     """(makespan, sum of squared per-rank cost) of the current state; the second breaks ties."""
     g = comp.shape[0]
@@ -178,7 +190,7 @@ def _score(comp, vol, p):
     return 2.0 * mm + mc, sq
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _copy_fits(r, incoming, link, copies, win, p):
     """Would one more copy in (``incoming``) or out of rank ``r`` over ``link`` fit its window?"""
     c0, c1, c2, c3 = copies[r, 0], copies[r, 1], copies[r, 2], copies[r, 3]
@@ -194,7 +206,7 @@ def _copy_fits(r, incoming, link, copies, win, p):
     return link_time_us(c0, c1, c2, c3, p[COPY_INTRA], p[COPY_INTER]) <= win[r] * (1.0 + _TOL) + _TOL
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _copy_source(e, d, nat_cnt, hosts, node_of, copies, win, p):
     """Best native host to copy ``e`` from onto ``d`` (same node first, fewest copies out), or -1."""
     best = -1
@@ -211,29 +223,62 @@ def _copy_source(e, d, nat_cnt, hosts, node_of, copies, win, p):
     return best
 
 
+@nb.njit(cache=True, _nrt=False)
+def _cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies, win, p, comp, vol, n_dest, dest, dest_cost):
+    """The ``n_dest`` eligible ranks (free slot, copy fits both windows) with the lowest cost."""
+    nd = 0
+    for r in range(g):
+        if is_host[e, r] or used[r] >= slots:
+            continue
+        cost = comp[r] + 2.0 * link_time_us(vol[r, 0], vol[r, 1], vol[r, 2], vol[r, 3], p[TOK_INTRA], p[TOK_INTER])
+        if nd == n_dest:
+            worst = 0
+            for j in range(1, nd):
+                if dest_cost[j] > dest_cost[worst]:
+                    worst = j
+            if cost >= dest_cost[worst]:
+                continue
+        if _copy_source(e, r, nat_cnt, hosts, node_of, copies, win, p) < 0:
+            continue
+        if nd < n_dest:
+            dest[nd] = r
+            dest_cost[nd] = cost
+            nd += 1
+        else:
+            dest[worst] = r
+            dest_cost[worst] = cost
+    return nd
+
+
 @nb.njit(cache=True)
-def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves, n_dest, n_exp, deadline):
-    """Plan every layer of ``loads [L, G, E]``; see the module docstring.
+def plan_layers(loads, loads_t, native, node_of, rpn, p, slots, win, integral, max_moves, n_dest, n_exp, deadline):
+    """Plan every layer of ``loads [L, G, E]`` (``loads_t``: the same as ``[L, E, G]``).
 
     Returns ``(replicas [R, 4] (layer, expert, src, dst), route_idx [N, 4] (layer, src, expert, dst),
     route_tok [N], moves [L], finished)``; ``finished`` is False when the deadline cut the search
     short (every layer still gets a valid plan: unsearched layers keep the baseline placement).
     """
-    n_layers, g, n_exp_total = loads.shape
-    e_all = n_exp_total
-    is_host = native.copy()
+    n_layers, g, e_all = loads.shape
+    is_host = native.T.copy()  # [E, G]
     nat_cnt = np.zeros(e_all, np.int64)
     hosts = np.zeros((e_all, g), np.int64)
+    rank_cnt_nat = np.zeros(g, np.int64)
+    rank_exp = np.zeros((g, e_all), np.int64)  # experts each rank holds: natives, then this layer's replicas
     for e in range(e_all):
         for r in range(g):
             if native[r, e]:
                 hosts[e, nat_cnt[e]] = r
                 nat_cnt[e] += 1
+                rank_exp[r, rank_cnt_nat[r]] = e
+                rank_cnt_nat[r] += 1
+    rank_cnt = rank_cnt_nat.copy()
     nh = np.zeros(e_all, np.int64)
     xh = np.zeros((e_all, g))
     total = np.zeros(e_all)
     comp = np.zeros(g)
     vol = np.zeros((g, 4))
+    comp0 = np.zeros(g)
+    vol0 = np.zeros((g, 4))
     copies = np.zeros((g, 4))
     used = np.zeros(g, np.int64)
     base = np.zeros(g)
@@ -245,33 +290,34 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
     o_dst = np.zeros(4 * g + 4, np.int64)
     o_amt = np.zeros(4 * g + 4)
     cand_e = np.zeros(3 * n_exp, np.int64)
-    cand_d = np.zeros(3 * n_exp, np.int64)  # -1: pick the least-loaded eligible ranks
+    cand_d = np.zeros(3 * n_exp, np.int64)  # -1: try the cheapest eligible ranks
     dest = np.zeros(n_dest, np.int64)
     dest_cost = np.zeros(n_dest)
     saved = np.zeros(g)
 
-    max_rep = n_layers * g * slots
-    rep = np.zeros((max(max_rep, 1), 4), np.int64)
+    rep = np.empty((max(n_layers * g * slots, 1), 4), np.int64)
     n_rep = 0
     nnz = 0
     for lay in range(n_layers):
-        for s in range(g):
-            for e in range(e_all):
-                if loads[lay, s, e] > 0.0:
+        for e in range(e_all):
+            for s in range(g):
+                if loads_t[lay, e, s] > 0.0:
                     nnz += 1
-    # locals <= nnz; each remote entry zeroes a source or exhausts a host's quota (or is residue)
+    # a (source, expert) pair is local or remote; each remote entry zeroes a source, exhausts a
+    # host's quota, or (fractional loads only) carries float residue
     n_nat = 0
     for e in range(e_all):
         n_nat += nat_cnt[e]
-    cap = 3 * nnz + 2 * n_layers * (n_nat + g * slots) + 4 * g + 4
-    ridx = np.zeros((cap, 4), np.int64)
-    rtok = np.zeros(cap)
+    cap = (1 if integral else 2) * nnz + 2 * n_layers * (n_nat + g * slots) + 4 * g + 4
+    ridx = np.empty((cap, 4), np.int64)
+    rtok = np.empty(cap)
     n_route = 0
     moves = np.zeros(n_layers, np.int64)
     finished = True
 
     for lay in range(n_layers):
         n = loads[lay]
+        nt = loads_t[lay]
         comp[:] = 0.0
         vol[:, :] = 0.0
         copies[:, :] = 0.0
@@ -280,14 +326,14 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
             nh[e] = nat_cnt[e]
             t = 0.0
             for s in range(g):
-                t += n[s, e]
+                t += nt[e, s]
             total[e] = t
         for e in range(e_all):
             if nh[e] == 1:
                 xh[e, 0] = total[e]
             else:
-                _waterfill(e, n, total[e], hosts, nh[e], xh, comp, p[ALPHA], integral, base, key, order)
-            _apply(e, 1.0, n, is_host, hosts, nh[e], xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+                _waterfill(e, nt, total[e], hosts, nh[e], xh, comp, p[ALPHA], integral, base, key, order)
+            _apply(e, 1.0, nt, is_host, hosts, nh[e], xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
         rep_start = n_rep
         searching = finished and max_moves > 0 and slots > 0
         if searching and _now() > deadline:
@@ -306,33 +352,45 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
                 if c > cm_best:
                     cm_best = c
                     rm = r
+            # candidates: (a) heaviest experts on the compute bottleneck and (b) most-received experts
+            # on the link bottleneck, each copied to cheap ranks; (c) experts the link bottleneck
+            # sends most, copied onto it
             n_cand = 0
-            # (a) heaviest experts on the compute bottleneck, (b) most-received experts on the link
-            # bottleneck -> copied elsewhere; (c) experts the link bottleneck sends most -> onto it
             for kind in range(3):
                 r0 = rc if kind == 0 else rm
+                if kind == 2 and used[r0] >= slots:
+                    continue
                 for _ in range(n_exp):
                     be = -1
                     bv = 0.0
-                    for e in range(e_all):
-                        if kind < 2:
-                            if not is_host[r0, e] or nh[e] >= g:
+                    if kind < 2:
+                        for j in range(rank_cnt[r0]):
+                            e = rank_exp[r0, j]
+                            if nh[e] >= g:
                                 continue
                             v = 0.0
                             for i in range(nh[e]):
                                 if hosts[e, i] == r0:
-                                    v = xh[e, i] if kind == 0 else xh[e, i] - n[r0, e]
-                        else:
-                            if is_host[r0, e] or used[r0] >= slots:
-                                continue
-                            v = n[r0, e]
-                        dup = False
-                        for c in range(n_cand):
-                            if cand_e[c] == e and cand_d[c] == (r0 if kind == 2 else -1):
-                                dup = True
-                        if v > bv and not dup:
-                            bv = v
-                            be = e
+                                    v = xh[e, i] if kind == 0 else xh[e, i] - nt[e, r0]
+                            if v > bv:
+                                dup = False
+                                for c in range(n_cand):
+                                    if cand_e[c] == e and cand_d[c] < 0:
+                                        dup = True
+                                if not dup:
+                                    bv = v
+                                    be = e
+                    else:
+                        row = n[r0]
+                        for e in range(e_all):
+                            if row[e] > bv and not is_host[e, r0]:
+                                dup = False
+                                for c in range(n_cand):
+                                    if cand_e[c] == e and cand_d[c] == r0:
+                                        dup = True
+                                if not dup:
+                                    bv = row[e]
+                                    be = e
                     if be < 0:
                         break
                     cand_e[n_cand] = be
@@ -345,47 +403,34 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
             best_s = -1
             for c in range(n_cand):
                 e = cand_e[c]
-                # destinations: the given rank, or the n_dest cheapest eligible ranks
-                nd = 0
                 if cand_d[c] >= 0:
                     dest[0] = cand_d[c]
                     nd = 1
                 else:
-                    for r in range(g):
-                        if is_host[r, e] or used[r] >= slots:
-                            continue
-                        if _copy_source(e, r, nat_cnt, hosts, node_of, copies, win, p) < 0:
-                            continue
-                        cost = comp[r] + 2.0 * link_time_us(vol[r, 0], vol[r, 1], vol[r, 2], vol[r, 3], p[TOK_INTRA], p[TOK_INTER])
-                        if nd < n_dest:
-                            dest[nd] = r
-                            dest_cost[nd] = cost
-                            nd += 1
-                        else:
-                            worst = 0
-                            for j in range(1, nd):
-                                if dest_cost[j] > dest_cost[worst]:
-                                    worst = j
-                            if cost < dest_cost[worst]:
-                                dest[worst] = r
-                                dest_cost[worst] = cost
+                    nd = _cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies, win, p,
+                                         comp, vol, n_dest, dest, dest_cost)
+                if nd == 0:
+                    continue
                 k = nh[e]
                 for i in range(k):
                     saved[i] = xh[e, i]
-                _apply(e, -1.0, n, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+                _apply(e, -1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+                comp0[:] = comp
+                vol0[:, :] = vol
                 for j in range(nd):
                     d = dest[j]
                     src = _copy_source(e, d, nat_cnt, hosts, node_of, copies, win, p)
                     if src < 0:
                         continue
                     hosts[e, k] = d
-                    is_host[d, e] = True
+                    is_host[e, d] = True
                     xh[e, k] = 0.0
-                    _waterfill(e, n, total[e], hosts, k + 1, xh, comp, p[ALPHA], integral, base, key, order)
-                    _apply(e, 1.0, n, is_host, hosts, k + 1, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+                    _waterfill(e, nt, total[e], hosts, k + 1, xh, comp, p[ALPHA], integral, base, key, order)
+                    _apply(e, 1.0, nt, is_host, hosts, k + 1, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
                     new_mk, new_sq = _score(comp, vol, p)
-                    _apply(e, -1.0, n, is_host, hosts, k + 1, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
-                    is_host[d, e] = False
+                    comp[:] = comp0
+                    vol[:, :] = vol0
+                    is_host[e, d] = False
                     better = new_mk < best_mk * (1.0 - _TOL) - _TOL
                     tie_better = new_mk <= best_mk * (1.0 + _TOL) + _TOL and new_sq < best_sq * (1.0 - 1e-6)
                     if better or tie_better:
@@ -396,21 +441,23 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
                         best_s = src
                 for i in range(k):
                     xh[e, i] = saved[i]
-                _apply(e, 1.0, n, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+                _apply(e, 1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
             if best_e < 0:
                 break
             e = best_e
             k = nh[e]
-            _apply(e, -1.0, n, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+            _apply(e, -1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
             hosts[e, k] = best_d
-            is_host[best_d, e] = True
+            is_host[e, best_d] = True
             nh[e] = k + 1
-            _waterfill(e, n, total[e], hosts, k + 1, xh, comp, p[ALPHA], integral, base, key, order)
-            _apply(e, 1.0, n, is_host, hosts, k + 1, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+            _waterfill(e, nt, total[e], hosts, k + 1, xh, comp, p[ALPHA], integral, base, key, order)
+            _apply(e, 1.0, nt, is_host, hosts, k + 1, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
             link = 0 if node_of[best_s] == node_of[best_d] else 1
             copies[best_d, link] += 1.0
             copies[best_s, 2 + link] += 1.0
             used[best_d] += 1
+            rank_exp[best_d, rank_cnt[best_d]] = e
+            rank_cnt[best_d] += 1
             rep[n_rep, 0] = lay
             rep[n_rep, 1] = e
             rep[n_rep, 2] = best_s
@@ -425,14 +472,14 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
         for e in range(e_all):
             for i in range(nh[e]):
                 r = hosts[e, i]
-                if n[r, e] > 0.0:
+                if nt[e, r] > 0.0:
                     ridx[n_route, 0] = lay
                     ridx[n_route, 1] = r
                     ridx[n_route, 2] = e
                     ridx[n_route, 3] = r
-                    rtok[n_route] = n[r, e]
+                    rtok[n_route] = nt[e, r]
                     n_route += 1
-            cnt = _map_remote(e, n, is_host, hosts, nh[e], xh, rpn, rem, quota, o_src, o_dst, o_amt)
+            cnt = _map_remote(e, nt, is_host, hosts, nh[e], xh, rpn, rem, quota, o_src, o_dst, o_amt)
             for k in range(cnt):
                 if o_amt[k] > 0.0:
                     ridx[n_route, 0] = lay
@@ -442,5 +489,6 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
                     rtok[n_route] = o_amt[k]
                     n_route += 1
         for i in range(rep_start, n_rep):  # back to the baseline placement for the next layer
-            is_host[rep[i, 3], rep[i, 1]] = False
-    return rep[:n_rep].copy(), ridx[:n_route].copy(), rtok[:n_route].copy(), moves, finished
+            is_host[rep[i, 1], rep[i, 3]] = False
+        rank_cnt[:] = rank_cnt_nat
+    return rep[:n_rep], ridx[:n_route], rtok[:n_route], moves, finished
