@@ -9,8 +9,17 @@
 from .api import solve
 from .budget import Budget
 from .cost import CostParams, Metrics
-from .errors import (BudgetError, CardError, LoadsError, PlanFileError, PlanInvalidError, PlannerError,
-                     SolverError, TopologyError, TraceError)
+from .errors import (
+                     BudgetError,
+                     CardError,
+                     LoadsError,
+                     PlanFileError,
+                     PlanInvalidError,
+                     PlannerError,
+                     SolverError,
+                     TopologyError,
+                     TraceError,
+)
 from .plan import LayerPlan, Plan
 from .plan_io import load_plan, save_plan
 from .solvers import solver_names

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import SolverError
-from ..problem import Problem
 
 
 @dataclass

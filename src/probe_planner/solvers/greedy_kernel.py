@@ -150,12 +150,18 @@ def _map_remote(e, nt, is_host, hosts, nh, xh, rpn, rem, quota, o_src, o_dst, o_
                 quota[i] -= a
             if rem[s] <= 0.0:
                 s += 1
-    for s in range(g):  # float residue (fractional loads only) goes to the first host
+    for s in range(g):  # float residue (fractional loads only): onto s's last entry, else the first host
         if rem[s] > 0.0:
-            o_src[cnt] = s
-            o_dst[cnt] = hosts[e, 0]
-            o_amt[cnt] = rem[s]
-            cnt += 1
+            k = cnt - 1
+            while k >= 0 and o_src[k] != s:
+                k -= 1
+            if k >= 0:
+                o_amt[k] += rem[s]
+            else:
+                o_src[cnt] = s
+                o_dst[cnt] = hosts[e, 0]
+                o_amt[cnt] = rem[s]
+                cnt += 1
     return cnt
 
 

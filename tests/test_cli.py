@@ -1,0 +1,55 @@
+"""The probe-plan CLI: demo and solve, and the package's import floor (no torch)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from probe_planner import load_plan
+from probe_planner.cli import main
+
+
+def test_demo(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "static" in out and "greedy" in out and "imbalance before -> after" in out
+
+
+def test_solve_npy_and_json(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    loads = rng.poisson(20, size=(8, 128)).astype(float)
+    loads[:, 3] *= 30
+    np.save(tmp_path / "l.npy", loads)
+    out = tmp_path / "plan.npz"
+    code = main(["solve", str(tmp_path / "l.npy"), "--cluster", "h100x8", "--model", "qwen3-30b-a3b",
+                 "--window-us", "150", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "lower bound" in text and "greedy" in text
+    assert load_plan(out).solver == "greedy"
+    (tmp_path / "l.json").write_text(json.dumps({"loads": loads.sum(0).tolist()}))
+    assert main(["solve", str(tmp_path / "l.json"), "--cluster", "h200x8", "--model", "qwen3-30b-a3b",
+                 "--window-us", "50", "--solver", "static"]) == 0
+
+
+def test_solve_reports_bad_input(tmp_path, capsys):
+    np.save(tmp_path / "l.npy", -np.ones((8, 128)))
+    code = main(["solve", str(tmp_path / "l.npy"), "--cluster", "h100x8", "--model", "qwen3-30b-a3b",
+                 "--window-us", "150"])
+    assert code == 2
+    assert "must be >= 0" in capsys.readouterr().err
+
+
+def test_planner_imports_without_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import probe_planner, numpy as np\n"
+            "t = probe_planner.Topology.from_cards(model='mixtral-8x7b', cluster='h100x8')\n"
+            "p = probe_planner.solve(np.arange(8.0), t, probe_planner.Budget(window_us=1e4))\n"
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+            "print(p.num_layers)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "1"

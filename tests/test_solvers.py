@@ -1,0 +1,112 @@
+"""Every solver returns a valid plan, never beats the lower bound, and greedy never loses to static."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from probe_planner import Budget, solve, solver_names
+from probe_planner.cost import CostParams
+
+from .conftest import make_topology, problems
+
+SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(problems())
+def test_every_solver_returns_valid_plan_above_lower_bound(case):
+    loads, topo, budget = case
+    for name in solver_names():
+        plan = solve(loads, topo, budget, solver=name)
+        plan.validate()
+        assert plan.solver == name
+        assert plan.makespan_us >= plan.lower_bound_us * (1 - 1e-9) - 1e-9
+        assert np.all(plan.metrics.layer_makespan_us >= plan.layer_lower_bound_us * (1 - 1e-9) - 1e-9)
+        if plan.integral:
+            assert np.all(plan.route_tok == np.floor(plan.route_tok))
+
+
+@SETTINGS
+@given(problems())
+def test_greedy_never_worse_than_static(case):
+    loads, topo, budget = case
+    static = solve(loads, topo, budget, solver="static")
+    greedy = solve(loads, topo, budget, solver="greedy")
+    assert np.all(greedy.metrics.layer_makespan_us <= static.metrics.layer_makespan_us * (1 + 1e-9) + 1e-9)
+    assert static.num_replicas == 0
+
+
+def test_greedy_relieves_a_hot_expert():
+    topo = make_topology(1, 8, 4, slots=3)
+    loads = np.full((8, 32), 10.0)
+    loads[:, 5] = 400.0  # expert 5 lives on rank 1
+    budget = Budget(window_us=np.inf)
+    static = solve(loads, topo, budget, solver="static")
+    greedy = solve(loads, topo, budget, solver="greedy")
+    assert greedy.makespan_us < 0.5 * static.makespan_us
+    assert greedy.imbalance_ratio < 1.2 < static.imbalance_ratio
+    assert set(greedy.replicas[:, 1]) == {5}
+    assert np.all(greedy.replicas[:, 2] == 1)  # copied from its native host
+
+
+def test_window_too_small_means_no_replicas():
+    topo = make_topology(2, 4, 2, slots=3)
+    p = CostParams.from_topology(topo)
+    loads = np.zeros((8, 16))
+    loads[:, 0] = 500
+    plan = solve(loads, topo, Budget(window_us=0.99 * p.copy_intra_us), solver="greedy")
+    assert plan.num_replicas == 0
+    plan = solve(loads, topo, Budget(window_us=1.01 * p.copy_intra_us), solver="greedy")
+    assert plan.num_replicas >= 1
+    assert np.all(plan.metrics.transfer_per_rank_us <= 1.01 * p.copy_intra_us + 1e-9)
+
+
+def test_slots_respected_per_rank():
+    topo = make_topology(1, 4, 2, slots=1)
+    loads = np.array([[900.0, 1, 1, 1, 1, 1, 1, 900]] * 4)
+    plan = solve(loads, topo, Budget(window_us=np.inf), solver="greedy")
+    per_rank = np.bincount(plan.replicas[:, 3], minlength=4)
+    assert per_rank.max() <= 1
+    assert plan.num_replicas >= 2
+
+
+def test_uniform_and_given_sources_agree_on_totals():
+    topo = make_topology(1, 4, 2, slots=2)
+    counts = np.array([40.0, 3, 5, 7, 100, 0, 2, 9])
+    plan = solve(counts, topo, Budget(window_us=np.inf))
+    assert plan.loads.shape == (1, 4, 8)
+    np.testing.assert_array_equal(plan.loads.sum(axis=(0, 1)), counts)
+    assert plan.integral
+    multi = solve(np.stack([counts, counts[::-1]]), topo, Budget(window_us=np.inf), sources="uniform")
+    assert multi.num_layers == 2
+
+
+def test_fractional_loads_give_fractional_routing():
+    topo = make_topology(1, 4, 2, slots=2)
+    loads = np.random.default_rng(1).uniform(0, 50, size=(4, 8))
+    loads[:, 3] *= 20
+    plan = solve(loads, topo, Budget(window_us=np.inf))
+    assert not plan.integral
+    sums = np.zeros_like(loads)
+    np.add.at(sums, (plan.route_idx[:, 1], plan.route_idx[:, 2]), plan.route_tok)
+    np.testing.assert_allclose(sums, loads, rtol=1e-12)
+
+
+def test_time_budget_cuts_search_but_plan_stays_valid():
+    topo = make_topology(4, 8, 8, slots=3)
+    rng = np.random.default_rng(0)
+    pop = 1 / np.arange(1, 257) ** 1.2
+    loads = rng.poisson(pop / pop.mean() * 50, size=(64, 32, 256)).astype(float)
+    plan = solve(loads, topo, Budget(window_us=np.inf, time_limit_s=1e-6), solver="greedy")
+    assert plan.info["finished"] is False
+    plan.validate()
+    assert plan.num_replicas <= 4 * 8  # at most a few moves of the first layer before the check
+
+
+@pytest.mark.parametrize("name", ["static", "greedy"])
+def test_solve_time_recorded(name):
+    topo = make_topology(1, 2, 2, slots=1)
+    plan = solve(np.ones((2, 4)), topo, Budget(window_us=1.0), solver=name)
+    assert 0 < plan.solve_time_s < 60
