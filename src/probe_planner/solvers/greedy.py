@@ -17,7 +17,7 @@ def run_kernel(prob: Problem, max_moves: int, n_dest: int = 4, n_exp: int = 2) -
             raise SolverError(f"greedy option {name} must be a non-negative integer (n_dest, n_exp >= 1), got {v!r}")
     loads_t = np.ascontiguousarray(prob.loads.transpose(0, 2, 1))
     rep, ridx, rtok, moves, finished = plan_layers(
-        prob.loads, loads_t, topo.native, topo.node_of, topo.ranks_per_node, prob.params.vector(), topo.slots,
+        prob.loads, loads_t, int(np.count_nonzero(prob.loads)), topo.native, topo.node_of, topo.ranks_per_node, prob.params.vector(), topo.slots,
         prob.windows_us, prob.integral, int(max_moves), int(n_dest), int(n_exp), prob.deadline)
     return SolverResult(rep, ridx, rtok, {"moves": moves, "finished": bool(finished)})
 

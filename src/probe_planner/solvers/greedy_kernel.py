@@ -257,8 +257,9 @@ def _cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies,
 
 
 @nb.njit(cache=True)
-def plan_layers(loads, loads_t, native, node_of, rpn, p, slots, win, integral, max_moves, n_dest, n_exp, deadline):
-    """Plan every layer of ``loads [L, G, E]`` (``loads_t``: the same as ``[L, E, G]``).
+def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integral, max_moves, n_dest, n_exp, deadline):
+    """Plan every layer of ``loads [L, G, E]`` (``loads_t``: the same as ``[L, E, G]``; ``nnz``: its
+    count of non-zeros, which sizes the output).
 
     Returns ``(replicas [R, 4] (layer, expert, src, dst), route_idx [N, 4] (layer, src, expert, dst),
     route_tok [N], moves [L], finished)``; ``finished`` is False when the deadline cut the search
@@ -303,12 +304,6 @@ def plan_layers(loads, loads_t, native, node_of, rpn, p, slots, win, integral, m
 
     rep = np.empty((max(n_layers * g * slots, 1), 4), np.int64)
     n_rep = 0
-    nnz = 0
-    for lay in range(n_layers):
-        for e in range(e_all):
-            for s in range(g):
-                if loads_t[lay, e, s] > 0.0:
-                    nnz += 1
     # a (source, expert) pair is local or remote; each remote entry zeroes a source, exhausts a
     # host's quota, or (fractional loads only) carries float residue
     n_nat = 0
@@ -335,11 +330,26 @@ def plan_layers(loads, loads_t, native, node_of, rpn, p, slots, win, integral, m
                 t += nt[e, s]
             total[e] = t
         for e in range(e_all):
-            if nh[e] == 1:
+            if nh[e] == 1:  # the common case, inlined: every remote token goes to the one host
+                r = hosts[e, 0]
                 xh[e, 0] = total[e]
+                comp[r] += expert_time_us(total[e], p[ALPHA], p[BETA])
+                in_intra = 0.0  # accumulate locally: no store-to-load chain through vol[r]
+                in_inter = 0.0
+                for s in range(g):
+                    a = nt[e, s]
+                    if a > 0.0 and s != r:
+                        if node_of[s] == node_of[r]:
+                            in_intra += a
+                            vol[s, 2] += a
+                        else:
+                            in_inter += a
+                            vol[s, 3] += a
+                vol[r, 0] += in_intra
+                vol[r, 1] += in_inter
             else:
                 _waterfill(e, nt, total[e], hosts, nh[e], xh, comp, p[ALPHA], integral, base, key, order)
-            _apply(e, 1.0, nt, is_host, hosts, nh[e], xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+                _apply(e, 1.0, nt, is_host, hosts, nh[e], xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
         rep_start = n_rep
         searching = finished and max_moves > 0 and slots > 0
         if searching and _now() > deadline:
@@ -476,6 +486,17 @@ def plan_layers(loads, loads_t, native, node_of, rpn, p, slots, win, integral, m
                 break
         # emit this layer's routing: local tokens first, then the remote mapping
         for e in range(e_all):
+            if nh[e] == 1:  # inlined common case: one entry per source with tokens
+                r = hosts[e, 0]
+                for s in range(g):
+                    if nt[e, s] > 0.0:
+                        ridx[n_route, 0] = lay
+                        ridx[n_route, 1] = s
+                        ridx[n_route, 2] = e
+                        ridx[n_route, 3] = r
+                        rtok[n_route] = nt[e, s]
+                        n_route += 1
+                continue
             for i in range(nh[e]):
                 r = hosts[e, i]
                 if nt[e, r] > 0.0:
