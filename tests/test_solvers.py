@@ -11,7 +11,7 @@ from probe_planner.cost import CostParams
 
 from .conftest import make_topology, problems
 
-SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -185,9 +185,10 @@ def copy_capacity(topo: Topology, windows_us: np.ndarray, params: CostParams | N
         links.append(p.copy_intra_us)
     if topo.num_nodes > 1:
         links.append(p.copy_inter_us)
+    most = float(g * topo.num_experts)  # more copies than any plan can make (keeps inf windows finite)
     cap = np.zeros(g)
     for unit in links:  # the two link kinds run concurrently, so their capacities add
-        cap += np.floor(np.minimum(windows_us / unit, g))
+        cap += np.floor(np.minimum(windows_us / unit, most))
     return np.minimum(cap, topo.slots), cap
 
 
@@ -228,5 +229,26 @@ def lower_bound_us(topo: Topology, loads: np.ndarray, windows_us: np.ndarray,
         rate += 1.0 / p.tok_intra_us
     if topo.num_nodes > 1:
         rate += 1.0 / p.tok_inter_us
-    comm_lb = (forced.max(axis=1) / rate) if rate > 0 else np.zeros(loads.shape[0])
-    return 2.0 * comm_lb + comp_lb
+    send_lb = (forced.max(axis=1) / rate) if rate > 0 else np.zeros(loads.shape[0])
+    return 2.0 * np.maximum(send_lb, _receive_lb(topo, loads, hosts, p)) + comp_lb
+
+
+def _receive_lb(topo: Topology, loads: np.ndarray, hosts: np.ndarray, p: CostParams) -> np.ndarray:
+    """``[L]``: with at most ``h_e`` hosts, expert ``e``'s tokens from other sources (all but the
+    ``h_e`` largest source shares) land on some host at ``1/h_e`` of them or more; of those, only what
+    ``g_node - 1`` same-node sources can send may use the fast link."""
+    g, rpn = topo.num_ranks, topo.ranks_per_node
+    desc = -np.sort(-loads, axis=1)  # [L, G, E], sources by share, largest first
+    csum = np.concatenate([np.zeros_like(desc[:, :1]), np.cumsum(desc, axis=1)], axis=1)  # [L, G+1, E]
+    h = np.minimum(hosts, g).astype(np.int64)  # [E]
+    idx = np.broadcast_to(h, csum.shape[:1] + h.shape)[:, None, :]
+    kept = np.take_along_axis(csum, idx, axis=1)[:, 0, :]  # [L, E]
+    received = (csum[:, -1, :] - kept) / h  # [L, E]
+    if topo.num_nodes == 1:
+        return (received * p.tok_intra_us).max(axis=1)
+    if rpn == 1:
+        return (received * p.tok_inter_us).max(axis=1)
+    intra_cap = csum[:, rpn - 1, :]  # the most that rpn-1 same-node sources can send
+    split = received * p.tok_inter_us / (p.tok_intra_us + p.tok_inter_us)  # balances the two links
+    x = np.minimum(intra_cap, split)
+    return np.maximum(x * p.tok_intra_us, (received - x) * p.tok_inter_us).max(axis=1)
