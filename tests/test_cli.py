@@ -53,3 +53,15 @@ def test_planner_imports_without_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "1"
+
+
+def test_first_solve_does_not_spend_its_budget_on_compilation():
+    code = ("import numpy as np, probe_planner as pp\n"
+            "t = pp.Topology.from_cards(model='qwen3-30b-a3b', cluster='h100x8')\n"
+            "loads = np.full((8, 128), 30.0); loads[:, 7] *= 20\n"
+            "p = pp.solve(loads, t, pp.Budget(window_us=150.0, time_limit_s=0.05))\n"
+            "print(p.num_replicas, p.info['finished'])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    replicas, finished = res.stdout.split()
+    assert int(replicas) > 0 and finished == "True"
