@@ -47,4 +47,4 @@ def solver_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-from . import greedy  # noqa: E402,F401  (registers static and greedy)
+from . import greedy, milp  # noqa: E402,F401  (registration)

@@ -1,0 +1,147 @@
+"""Backends that solve a :class:`LayerModel`: HiGHS (matrices passed directly) and OR-Tools.
+
+OR-Tools goes through the ``pywraplp`` linear-solver wrapper with SCIP: it ships inside the ortools
+wheel, takes hints (warm starts) and reports a best bound, and the wrapper's per-coefficient API is
+fast enough for the model sizes where an exact solve is realistic. Every backend honours its time
+limit and reports why it stopped; running out of time is a status, never an exception.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import SolverError
+from .milp_model import LayerModel
+
+
+@dataclass
+class ModelSolution:
+    """``status``: "optimal", "feasible" (an incumbent, optimality not proven), "none" (no
+    incumbent in time) or "infeasible". ``bound``: best proven lower bound on the objective."""
+
+    status: str
+    x: np.ndarray | None
+    objective: float
+    bound: float
+    wall_s: float
+
+
+def solve_highs(m: LayerModel, time_limit_s: float, relax: bool = False, warm: np.ndarray | None = None,
+                mip_rel_gap: float = 1e-6) -> ModelSolution:
+    import highspy
+
+    t0 = time.perf_counter()
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", max(float(time_limit_s), 1e-3))
+    h.setOptionValue("mip_rel_gap", mip_rel_gap)
+    h.setOptionValue("threads", 1)
+    lp = highspy.HighsLp()
+    lp.num_col_ = m.num_cols
+    lp.num_row_ = m.A.shape[0]
+    lp.col_cost_ = m.c
+    lp.col_lower_ = m.col_lo
+    lp.col_upper_ = m.col_hi
+    inf = highspy.kHighsInf
+    lp.row_lower_ = np.where(np.isinf(m.row_lo), -inf, m.row_lo)
+    lp.row_upper_ = np.where(np.isinf(m.row_hi), inf, m.row_hi)
+    lp.col_upper_ = np.where(np.isinf(m.col_hi), inf, m.col_hi)
+    csc = m.A.tocsc()
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = csc.indptr.astype(np.int32)
+    lp.a_matrix_.index_ = csc.indices.astype(np.int32)
+    lp.a_matrix_.value_ = csc.data
+    lp.a_matrix_.num_col_ = m.num_cols
+    lp.a_matrix_.num_row_ = m.A.shape[0]
+    mip = not relax and bool(m.integer.any())
+    if mip:
+        lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous for i in m.integer]
+    h.passModel(lp)
+    if mip and warm is not None:
+        sol = highspy.HighsSolution()
+        sol.col_value = list(warm)
+        sol.value_valid = True
+        h.setSolution(sol)
+    h.run()
+    status = h.getModelStatus()
+    info = h.getInfo()
+    S = highspy.HighsModelStatus
+    has_x = info.primal_solution_status == 2  # kSolutionStatusFeasible
+    x = np.asarray(h.getSolution().col_value) if has_x else None
+    obj = float(info.objective_function_value) if has_x else math.inf
+    if status == S.kOptimal:
+        name = "optimal"
+    elif status == S.kInfeasible:
+        name = "infeasible"
+    elif has_x:
+        name = "feasible"
+    else:
+        name = "none"
+    if mip:
+        bound = float(info.mip_dual_bound)
+        if not math.isfinite(bound):
+            bound = -math.inf
+    else:
+        bound = obj if name == "optimal" else -math.inf
+    return ModelSolution(name, x, obj, bound, time.perf_counter() - t0)
+
+
+def solve_ortools(m: LayerModel, time_limit_s: float, relax: bool = False, warm: np.ndarray | None = None,
+                  mip_rel_gap: float = 1e-6) -> ModelSolution:
+    from ortools.linear_solver import pywraplp
+
+    t0 = time.perf_counter()
+    solver = pywraplp.Solver.CreateSolver("GLOP" if relax else "SCIP")
+    if solver is None:
+        raise SolverError("OR-Tools was built without SCIP/GLOP")
+    solver.SetTimeLimit(max(int(time_limit_s * 1000), 1))
+    inf = solver.infinity()
+    cols = []
+    for j in range(m.num_cols):
+        lo = m.col_lo[j]
+        hi = inf if math.isinf(m.col_hi[j]) else m.col_hi[j]
+        cols.append(solver.IntVar(lo, hi, "") if (m.integer[j] and not relax) else solver.NumVar(lo, hi, ""))
+    A = m.A.tocsr()
+    for i in range(A.shape[0]):
+        lo = -inf if math.isinf(m.row_lo[i]) else m.row_lo[i]
+        hi = inf if math.isinf(m.row_hi[i]) else m.row_hi[i]
+        row = solver.RowConstraint(lo, hi, "")
+        for k in range(A.indptr[i], A.indptr[i + 1]):
+            row.SetCoefficient(cols[A.indices[k]], float(A.data[k]))
+    objective = solver.Objective()
+    for j in np.flatnonzero(m.c):
+        objective.SetCoefficient(cols[j], float(m.c[j]))
+    objective.SetMinimization()
+    if warm is not None and not relax:
+        solver.SetHint(cols, [float(v) for v in warm])
+    params = pywraplp.MPSolverParameters()
+    params.SetDoubleParam(pywraplp.MPSolverParameters.RELATIVE_MIP_GAP, mip_rel_gap)
+    remaining = time_limit_s - (time.perf_counter() - t0)
+    solver.SetTimeLimit(max(int(remaining * 1000), 1))
+    code = solver.Solve(params)
+    has_x = code in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE)
+    x = np.array([v.solution_value() for v in cols]) if has_x else None
+    obj = objective.Value() if has_x else math.inf
+    name = {pywraplp.Solver.OPTIMAL: "optimal", pywraplp.Solver.FEASIBLE: "feasible",
+            pywraplp.Solver.INFEASIBLE: "infeasible"}.get(code, "none")
+    if relax:
+        bound = obj if name == "optimal" else -math.inf
+    else:
+        bound = objective.BestBound() if has_x or name == "none" else -math.inf
+        if name == "optimal":
+            bound = max(bound, obj * (1 - mip_rel_gap))
+    return ModelSolution(name, x, obj, bound, time.perf_counter() - t0)
+
+
+BACKENDS = {"highs": solve_highs, "ortools": solve_ortools}
+
+
+def get_backend(name: str):
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise SolverError(f"unknown MILP backend {name!r}; available: {', '.join(sorted(BACKENDS))}") from None

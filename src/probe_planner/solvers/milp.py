@@ -1,0 +1,272 @@
+"""Optimization-based solvers over :mod:`milp_model`: ``milp`` (exact), ``lp-round`` (LP relaxation,
+rounded placement, exact token LP) and ``lp-tokens`` (token-assignment LP on a fixed placement).
+
+Every solver here starts from the greedy plan (valid in microseconds), never returns anything worse
+than it, and treats running out of time as a status. Tokens are continuous in the models; routes are
+made integral afterwards by largest remainder per (source, expert), which keeps every sum exact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ..cost import evaluate, lower_bound_us
+from ..errors import SolverError
+from ..problem import Problem
+from . import SolverResult, register
+from .greedy import prepare, run_kernel
+from .lp_backends import ModelSolution, get_backend, solve_highs
+from .milp_model import LayerModel, build_layer_model
+
+_EPS = 1e-9
+
+
+class LayerParts:
+    """One layer's answer: replicas ``[R, 3]`` (expert, src, dst), routes ``[N, 3]`` (src, expert, dst),
+    tokens ``[N]``, and its makespan under the cost model."""
+
+    def __init__(self, replicas: np.ndarray, routes: np.ndarray, tokens: np.ndarray, makespan_us: float) -> None:
+        self.replicas, self.routes, self.tokens, self.makespan_us = replicas, routes, tokens, makespan_us
+
+
+def _layer_makespan(prob: Problem, replicas: np.ndarray, routes: np.ndarray, tokens: np.ndarray) -> float:
+    zeros_r = np.zeros((replicas.shape[0], 1), dtype=np.int64)
+    zeros_q = np.zeros((routes.shape[0], 1), dtype=np.int64)
+    m = evaluate(prob.topology, 1, np.hstack([zeros_q, routes]), tokens, np.hstack([zeros_r, replicas]), prob.params)
+    return float(m.layer_makespan_us[0])
+
+
+def split_layers(prob: Problem, res: SolverResult) -> list[LayerParts]:
+    """A multi-layer :class:`SolverResult` as per-layer parts, each scored."""
+    out = []
+    for lay in range(prob.loads.shape[0]):
+        rm = res.replicas[:, 0] == lay
+        qm = res.route_idx[:, 0] == lay
+        rep, routes, tok = res.replicas[rm, 1:], res.route_idx[qm, 1:], res.route_tok[qm]
+        out.append(LayerParts(rep, routes, tok, _layer_makespan(prob, rep, routes, tok)))
+    return out
+
+
+def join_layers(parts: list[LayerParts], info: dict) -> SolverResult:
+    reps = [np.hstack([np.full((p.replicas.shape[0], 1), i), p.replicas]) for i, p in enumerate(parts)]
+    routes = [np.hstack([np.full((p.routes.shape[0], 1), i), p.routes]) for i, p in enumerate(parts)]
+    return SolverResult(np.vstack(reps).astype(np.int64).reshape(-1, 4), np.vstack(routes).astype(np.int64).reshape(-1, 4),
+                        np.concatenate([p.tokens for p in parts]), info)
+
+
+def integral_routes(flows: np.ndarray, y: np.ndarray, loads: np.ndarray, integral: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Clean flows (``[F, 3]`` (src, expert, dst), amounts ``y``) into routes whose per-(source,
+    expert) sums equal ``loads`` exactly; integral when ``integral`` (largest remainder)."""
+    g, e_all = loads.shape
+    y = np.maximum(np.asarray(y, dtype=np.float64), 0.0)
+    key = flows[:, 0] * e_all + flows[:, 1]
+    want = loads[flows[:, 0], flows[:, 1]]
+    have = np.bincount(key, weights=y, minlength=g * e_all)[key]
+    # rescale each pair to its load; a pair with no flow left goes wholly to its first listed host
+    scale = np.divide(want, have, out=np.zeros_like(want), where=have > 0)
+    y = y * scale
+    first = np.r_[True, key[1:] != key[:-1]] if key.size else np.zeros(0, dtype=bool)
+    order = np.argsort(key, kind="stable")
+    if not np.all(order == np.arange(key.size)):
+        raise AssertionError("flows must be grouped by (source, expert)")
+    y = np.where((have <= 0) & first, want, y)
+    if integral:
+        base = np.floor(y + 1e-9)
+        frac = y - base
+        short = want - np.bincount(key, weights=base, minlength=g * e_all)[key]  # whole tokens to hand out
+        # rank each flow within its pair by fractional part, largest first
+        idx = np.lexsort((-frac, key))
+        ranks = np.empty(key.size, dtype=np.int64)
+        starts = np.r_[0, np.flatnonzero(np.diff(key[idx])) + 1]
+        pos = np.arange(key.size) - np.repeat(starts, np.diff(np.r_[starts, key.size]))
+        ranks[idx] = pos
+        y = base + (ranks < np.round(short))
+    else:
+        # absorb float residue in each pair's largest flow so sums are exact
+        resid = want - np.bincount(key, weights=y, minlength=g * e_all)[key]
+        big = np.zeros(key.size, dtype=bool)
+        if key.size:
+            idx = np.lexsort((-y, key))
+            lead = np.r_[True, key[idx][1:] != key[idx][:-1]]
+            big[idx[lead]] = True
+        y = y + np.where(big, resid, 0.0)
+    keep = y > 0
+    return flows[keep], y[keep]
+
+
+def warm_start(m: LayerModel, prob: Problem, parts: LayerParts) -> np.ndarray | None:
+    """The model's variable vector for a plan (None if the plan uses a copy the model lacks)."""
+    g, e_all = prob.loads.shape[1:]
+    x = np.zeros(m.num_cols)
+    ckey = (m.copies[:, 0] * g + m.copies[:, 1]) * g + m.copies[:, 2]
+    rkey = (parts.replicas[:, 0] * g + parts.replicas[:, 1]) * g + parts.replicas[:, 2]
+    pos = np.searchsorted(ckey, rkey) if ckey.size else np.zeros(rkey.size, dtype=np.int64)
+    if rkey.size and (np.any(pos >= ckey.size) or np.any(ckey[np.minimum(pos, ckey.size - 1)] != rkey)):
+        return None
+    x[m.z0 + pos] = 1.0
+    fkey = (m.flows[:, 0] * e_all + m.flows[:, 1]) * g + m.flows[:, 2]
+    order = np.argsort(fkey)
+    qkey = (parts.routes[:, 0] * e_all + parts.routes[:, 1]) * g + parts.routes[:, 2]
+    p = np.searchsorted(fkey, qkey, sorter=order)
+    if qkey.size and (np.any(p >= fkey.size) or np.any(fkey[order[np.minimum(p, fkey.size - 1)]] != qkey)):
+        return None
+    x[m.y0 + order[p]] = parts.tokens
+    hkey = m.hosts[:, 0] * g + m.hosts[:, 1]
+    proc = np.bincount(np.searchsorted(hkey, m.flows[:, 1] * g + m.flows[:, 2]), weights=x[m.y0:m.a0], minlength=hkey.size)
+    active = proc > 0
+    if m.col_lo[m.a0:m.t0].min(initial=0.0) > 0:
+        active[:] = True
+    x[m.a0:m.t0] = active
+    x[m.t0:m.tm] = np.maximum(proc * prob.params.alpha_us, prob.params.beta_us * active)
+    comp = np.bincount(m.hosts[:, 1], weights=x[m.t0:m.tm], minlength=g)
+    x[m.tc] = comp.max(initial=0.0)
+    x[m.tm] = (parts.makespan_us - x[m.tc]) / 2.0
+    return x
+
+
+def parts_from_solution(m: LayerModel, prob: Problem, lay: int, x: np.ndarray) -> LayerParts:
+    """Replicas (z > 1/2) and integral routes from a model solution; flows on ranks that do not end
+    up hosting the expert are dropped and the pair's remaining flows rescaled."""
+    g, e_all = prob.loads.shape[1:]
+    chosen = m.copies[x[m.z0:m.y0] > 0.5]
+    hosts = prob.topology.native.copy()
+    hosts[chosen[:, 2], chosen[:, 0]] = True
+    y = x[m.y0:m.a0].copy()
+    y[~hosts[m.flows[:, 2], m.flows[:, 1]]] = 0.0
+    routes, tok = integral_routes(m.flows, y, prob.loads[lay], prob.integral)
+    used = np.zeros((g, e_all), dtype=bool)
+    used[routes[:, 2], routes[:, 1]] = True
+    chosen = chosen[used[chosen[:, 2], chosen[:, 0]]]  # a replica nobody uses is not worth copying
+    return LayerParts(chosen, routes, tok, _layer_makespan(prob, chosen, routes, tok))
+
+
+def token_lp(prob: Problem, lay: int, replicas: np.ndarray, time_limit_s: float) -> tuple[LayerParts | None, ModelSolution]:
+    """Best token split for a fixed placement (every host active), then integral routes."""
+    hosts = prob.topology.native.copy()
+    hosts[replicas[:, 2], replicas[:, 0]] = True
+    m = build_layer_model(prob.loads[lay], prob.topology, prob.windows_us, prob.params, fixed_hosts=hosts)
+    sol = solve_highs(m, time_limit_s, relax=True)
+    if sol.x is None:
+        return None, sol
+    routes, tok = integral_routes(m.flows, sol.x[m.y0:m.a0], prob.loads[lay], prob.integral)
+    used = np.zeros(hosts.shape, dtype=bool)
+    used[routes[:, 2], routes[:, 1]] = True
+    rep = replicas[used[replicas[:, 2], replicas[:, 0]]]
+    return LayerParts(rep, routes, tok, _layer_makespan(prob, rep, routes, tok)), sol
+
+
+def round_placement(m: LayerModel, prob: Problem, zval: np.ndarray, threshold: float) -> np.ndarray:
+    """Copies with LP value >= threshold, largest first, kept while slots and both windows allow."""
+    topo, p = prob.topology, prob.params
+    g = topo.num_ranks
+    node = topo.node_of
+    used = np.zeros(g, dtype=np.int64)
+    cnt = np.zeros((g, 4))  # copies in intra, in inter, out intra, out inter
+    taken = set()
+    out = []
+    for c in np.argsort(-zval, kind="stable"):
+        if zval[c] < threshold:
+            break
+        e, u, r = (int(v) for v in m.copies[c])
+        if (e, r) in taken or used[r] >= topo.slots:
+            continue
+        k = 0 if node[u] == node[r] else 1
+        unit = p.copy_intra_us if k == 0 else p.copy_inter_us
+        if (cnt[r, k] + 1) * unit > prob.windows_us[r] * (1 + _EPS) + _EPS:
+            continue
+        if (cnt[u, 2 + k] + 1) * unit > prob.windows_us[u] * (1 + _EPS) + _EPS:
+            continue
+        cnt[r, k] += 1
+        cnt[u, 2 + k] += 1
+        used[r] += 1
+        taken.add((e, r))
+        out.append((e, u, r))
+    return np.array(out, dtype=np.int64).reshape(-1, 3)
+
+
+def _remaining(deadline: float) -> float:
+    return deadline - time.perf_counter()
+
+
+def _finish(prob: Problem, parts: list[LayerParts], bounds: np.ndarray, proven: list[bool], extra: dict) -> SolverResult:
+    analytic = lower_bound_us(prob.topology, prob.loads, prob.windows_us, prob.params)
+    bounds = np.maximum(bounds, analytic)
+    mk = np.array([p.makespan_us for p in parts])
+    optimal = all(proven) and bool(np.all(mk <= bounds * (1 + 1e-6) + 1e-6))
+    status = "optimal" if optimal else "feasible"
+    total_mk, total_b = float(mk.sum()), float(bounds.sum())
+    info = dict(extra, status=status, bound_us=total_b, layer_bound_us=bounds,
+                gap=0.0 if total_mk <= 0 else max(0.0, (total_mk - total_b) / total_mk))
+    return join_layers(parts, info)
+
+
+@register("milp")
+def solve_milp(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-6) -> SolverResult:
+    """Exact MILP per layer, warm-started from greedy; returns the incumbent, bound and gap."""
+    solve_backend = get_backend(backend)
+    parts = split_layers(prob, run_kernel(prob, prob.topology.num_ranks * prob.topology.slots))
+    L = len(parts)
+    bounds = np.full(L, -math.inf)
+    proven = [False] * L
+    for lay in range(L):
+        left = _remaining(prob.deadline) / (L - lay)
+        if left <= 0:
+            break
+        m = build_layer_model(prob.loads[lay], prob.topology, prob.windows_us, prob.params)
+        sol = solve_backend(m, _remaining(prob.deadline) / (L - lay), warm=warm_start(m, prob, parts[lay]),
+                            mip_rel_gap=mip_rel_gap)
+        bounds[lay] = sol.bound
+        if sol.x is not None:
+            cand = parts_from_solution(m, prob, lay, sol.x)
+            if cand.makespan_us < parts[lay].makespan_us:
+                parts[lay] = cand
+        proven[lay] = sol.status == "optimal"
+    return _finish(prob, parts, bounds, proven, {"backend": backend})
+
+
+@register("lp-round")
+def solve_lp_round(prob: Problem, threshold: float = 0.5) -> SolverResult:
+    """LP relaxation (its value is a lower bound), placement rounded by value with a slot/window
+    repair, exact token LP on the rounded placement; the greedy plan where it is better."""
+    if not 0 < threshold <= 1:
+        raise SolverError(f"lp-round threshold must lie in (0, 1], got {threshold!r}")
+    parts = split_layers(prob, run_kernel(prob, prob.topology.num_ranks * prob.topology.slots))
+    L = len(parts)
+    bounds = np.full(L, -math.inf)
+    for lay in range(L):
+        if _remaining(prob.deadline) <= 0:
+            break
+        m = build_layer_model(prob.loads[lay], prob.topology, prob.windows_us, prob.params)
+        sol = solve_highs(m, _remaining(prob.deadline) / (L - lay), relax=True)
+        bounds[lay] = sol.bound
+        if sol.x is None or _remaining(prob.deadline) <= 0:
+            continue
+        placement = round_placement(m, prob, sol.x[m.z0:m.y0], threshold)
+        cand, _ = token_lp(prob, lay, placement, _remaining(prob.deadline))
+        if cand is not None and cand.makespan_us < parts[lay].makespan_us:
+            parts[lay] = cand
+    return _finish(prob, parts, bounds, [False] * L, {"lp_bound_us": float(bounds.sum())})
+
+
+@register("lp-tokens")
+def solve_lp_tokens(prob: Problem, base: str = "static") -> SolverResult:
+    """Token-assignment LP on the placement of ``base`` (``static`` or ``greedy``)."""
+    if base not in ("static", "greedy"):
+        raise SolverError(f"lp-tokens base must be 'static' or 'greedy', got {base!r}")
+    moves = 0 if base == "static" else prob.topology.num_ranks * prob.topology.slots
+    parts = split_layers(prob, run_kernel(prob, moves))
+    L = len(parts)
+    for lay in range(L):
+        if _remaining(prob.deadline) <= 0:
+            break
+        cand, _ = token_lp(prob, lay, parts[lay].replicas, _remaining(prob.deadline) / (L - lay))
+        if cand is not None and cand.makespan_us < parts[lay].makespan_us:
+            parts[lay] = cand
+    return _finish(prob, parts, np.full(L, -math.inf), [False] * L, {"base": base})
+
+
+for _fn in (solve_milp, solve_lp_round, solve_lp_tokens):
+    _fn.prepare = prepare

@@ -1,0 +1,196 @@
+"""The HABP mixed-integer model of one layer as plain sparse matrices (docs/formulation.md, "Exact").
+
+Built once, handed to any backend (HiGHS, OR-Tools) or relaxed to an LP. Variables:
+
+- ``z[c]`` binary, one per candidate copy ``c = (e, u, r)``: copy expert ``e`` from native host ``u``
+  to rank ``r``; candidates are pruned to pairs whose single copy fits both windows.
+- ``y[f]`` >= 0, one per flow ``f = (s, e, r)``: tokens of source ``s`` for ``e`` processed on ``r``
+  (every source with tokens of ``e`` x every possible host of ``e``).
+- ``a[h]`` binary and ``t[h]`` >= 0 per possible host ``h = (e, r)``: ``r`` runs ``e`` (pays the
+  weight-streaming floor) and its roofline compute time.
+- ``Tm`` (one all-to-all phase) and ``Tc`` (compute phase) epigraph variables.
+
+Objective ``2·Tm + Tc``. With ``fixed`` hosts the copies are constants and every host is active, so
+the model is the token-assignment LP (LPLB's problem).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..cost import CostParams
+from ..topology import Topology
+
+
+@dataclass
+class LayerModel:
+    """``min c·v  s.t.  row_lo <= A v <= row_hi,  col_lo <= v <= col_hi,  v[integer] integral``."""
+
+    c: np.ndarray
+    A: sp.csr_matrix
+    row_lo: np.ndarray
+    row_hi: np.ndarray
+    col_lo: np.ndarray
+    col_hi: np.ndarray
+    integer: np.ndarray  # bool per column
+    copies: np.ndarray  # [C, 3] (expert, src, dst) for the z columns
+    flows: np.ndarray  # [F, 3] (src, expert, dst) for the y columns
+    hosts: np.ndarray  # [H, 2] (expert, rank) for the a and t columns
+    z0: int
+    y0: int
+    a0: int
+    t0: int
+    tm: int
+    tc: int
+
+    @property
+    def num_cols(self) -> int:
+        return self.c.shape[0]
+
+
+class _Rows:
+    """Accumulates sparse rows ``lo <= Σ coef·v <= hi``."""
+
+    def __init__(self) -> None:
+        self.r, self.c, self.v, self.lo, self.hi = [], [], [], [], []
+        self.n = 0
+
+    def add(self, cols: np.ndarray, vals: np.ndarray, row_ids: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Add ``len(lo)`` rows; entry i goes to new row ``row_ids[i]`` (0-based within this batch)."""
+        self.r.append(np.asarray(row_ids, dtype=np.int64) + self.n)
+        self.c.append(np.asarray(cols, dtype=np.int64))
+        self.v.append(np.asarray(vals, dtype=np.float64))
+        self.lo.append(np.asarray(lo, dtype=np.float64))
+        self.hi.append(np.asarray(hi, dtype=np.float64))
+        self.n += len(self.lo[-1])
+
+    def matrix(self, ncols: int):
+        r, c, v = (np.concatenate(x) if x else np.zeros(0) for x in (self.r, self.c, self.v))
+        A = sp.csr_matrix((v, (r.astype(np.int64), c.astype(np.int64))), shape=(self.n, ncols))
+        return A, np.concatenate(self.lo), np.concatenate(self.hi)
+
+
+def candidate_copies(topo: Topology, windows_us: np.ndarray, params: CostParams) -> np.ndarray:
+    """``[C, 3]`` (expert, src, dst) copies that fit a slot and both windows on their own."""
+    if topo.slots == 0:
+        return np.zeros((0, 3), dtype=np.int64)
+    native = topo.native
+    e_idx, u_idx = np.nonzero(native.T)  # native hosts of each expert
+    g = topo.num_ranks
+    e_c = np.repeat(e_idx, g)
+    u_c = np.repeat(u_idx, g)
+    r_c = np.tile(np.arange(g), e_idx.size)
+    node = topo.node_of
+    unit = np.where(node[u_c] == node[r_c], params.copy_intra_us, params.copy_inter_us)
+    keep = ~native[r_c, e_c] & (unit <= windows_us[r_c] * (1 + 1e-9) + 1e-9) & (unit <= windows_us[u_c] * (1 + 1e-9) + 1e-9)
+    return np.stack([e_c[keep], u_c[keep], r_c[keep]], axis=1)
+
+
+def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray, params: CostParams,
+                      fixed_hosts: np.ndarray | None = None) -> LayerModel:
+    """The layer's MILP (``fixed_hosts=None``) or, for a ``[G, E]`` host mask, its token LP.
+
+    loads: ``[G, E]`` tokens of one layer.
+    """
+    g, e_all = loads.shape
+    node = topo.node_of
+    n_e = loads.sum(axis=0)
+    if fixed_hosts is None:
+        copies = candidate_copies(topo, windows_us, params)
+        copies = copies[n_e[copies[:, 0]] > 0]  # copying an idle expert never helps
+        possible = topo.native.copy()
+        possible[copies[:, 2], copies[:, 0]] = True
+    else:
+        copies = np.zeros((0, 3), dtype=np.int64)
+        possible = np.asarray(fixed_hosts, dtype=bool) | topo.native
+    # hosts (e, r) worth modelling: experts with tokens only
+    h_e, h_r = np.nonzero((possible & (n_e > 0)[None, :]).T)
+    hosts = np.stack([h_e, h_r], axis=1)
+    host_id = -np.ones((e_all, g), dtype=np.int64)
+    host_id[h_e, h_r] = np.arange(h_e.size)
+    # flows: every source with tokens of e x every possible host of e
+    s_idx, e_idx = np.nonzero(loads)
+    per = np.bincount(h_e, minlength=e_all)[e_idx]
+    f_s = np.repeat(s_idx, per)
+    f_e = np.repeat(e_idx, per)
+    starts = np.concatenate([[0], np.cumsum(np.bincount(h_e, minlength=e_all))])
+    offs = np.arange(f_e.size) - np.repeat(np.cumsum(per) - per, per)
+    f_h = starts[f_e] + offs
+    f_r = h_r[f_h]
+    flows = np.stack([f_s, f_e, f_r], axis=1)
+
+    C, F, H = copies.shape[0], flows.shape[0], hosts.shape[0]
+    z0, y0, a0 = 0, C, C + F
+    t0 = a0 + H
+    tm, tc = t0 + H, t0 + H + 1
+    ncols = tc + 1
+    c = np.zeros(ncols)
+    c[tm], c[tc] = 2.0, 1.0
+    col_lo = np.zeros(ncols)
+    col_hi = np.full(ncols, np.inf)
+    col_hi[z0:y0] = 1.0
+    col_hi[a0:t0] = 1.0
+    integer = np.zeros(ncols, dtype=bool)
+    integer[z0:y0] = True
+    integer[a0:t0] = True
+    if fixed_hosts is not None:  # token LP: every host active
+        col_lo[a0:t0] = 1.0
+        integer[:] = False
+    rows = _Rows()
+
+    # conservation: Σ_r y[s, e, r] = n[s, e]
+    pair = np.unique(f_s * e_all + f_e, return_inverse=True)[1]
+    rhs = loads[s_idx, e_idx]  # np.nonzero order == sorted (s, e) order == unique order
+    rows.add(y0 + np.arange(F), np.ones(F), pair, rhs, rhs)
+    # activation: Σ_s y[s, e, r] - n_e a[e, r] <= 0
+    rows.add(np.concatenate([y0 + np.arange(F), a0 + np.arange(H)]),
+             np.concatenate([np.ones(F), -n_e[h_e]]),
+             np.concatenate([f_h, np.arange(H)]), np.full(H, -np.inf), np.zeros(H))
+    # roofline: t >= alpha Σ_s y ; t >= beta a
+    rows.add(np.concatenate([t0 + np.arange(H), y0 + np.arange(F)]),
+             np.concatenate([np.ones(H), -params.alpha_us * np.ones(F)]),
+             np.concatenate([np.arange(H), f_h]), np.zeros(H), np.full(H, np.inf))
+    rows.add(np.concatenate([t0 + np.arange(H), a0 + np.arange(H)]),
+             np.concatenate([np.ones(H), -params.beta_us * np.ones(H)]),
+             np.concatenate([np.arange(H), np.arange(H)]), np.zeros(H), np.full(H, np.inf))
+    # compute phase: Tc >= Σ_e t[e, r] for every rank
+    rows.add(np.concatenate([np.full(g, tc), t0 + np.arange(H)]),
+             np.concatenate([np.ones(g), -np.ones(H)]),
+             np.concatenate([np.arange(g), h_r]), np.zeros(g), np.full(g, np.inf))
+    # all-to-all: Tm >= tau_k V^k_in[r] and Tm >= tau_k V^k_out[s]
+    remote = f_s != f_r
+    inter = (node[f_s] != node[f_r]).astype(np.int64)
+    tau = np.where(inter == 1, params.tok_inter_us, params.tok_intra_us)
+    fr = np.flatnonzero(remote)
+    for side, rank in ((0, f_r), (1, f_s)):
+        row = rank[fr] * 2 + inter[fr]  # one row per (rank, link kind)
+        rows.add(np.concatenate([np.full(2 * g, tm), y0 + fr]),
+                 np.concatenate([np.ones(2 * g), -tau[fr]]),
+                 np.concatenate([np.arange(2 * g), row]), np.zeros(2 * g), np.full(2 * g, np.inf))
+    if C:
+        ce, cu, cr = copies.T
+        # replica hosts are active only when copied: a[e, r] - Σ_u z[e, u, r] <= 0 (and one copy each)
+        hid = host_id[ce, cr]
+        rep_hosts = np.unique(hid[hid >= 0])
+        nr = rep_hosts.size
+        rid = np.searchsorted(rep_hosts, hid)
+        m = hid >= 0
+        rows.add(np.concatenate([a0 + rep_hosts, z0 + np.flatnonzero(m)]),
+                 np.concatenate([np.ones(nr), -np.ones(int(m.sum()))]),
+                 np.concatenate([np.arange(nr), rid[m]]), np.full(nr, -np.inf), np.zeros(nr))
+        pair_er = np.unique(ce * g + cr, return_inverse=True)[1]
+        npair = int(pair_er.max()) + 1
+        rows.add(z0 + np.arange(C), np.ones(C), pair_er, np.full(npair, -np.inf), np.ones(npair))
+        # slots
+        rows.add(z0 + np.arange(C), np.ones(C), cr, np.full(g, -np.inf), np.full(g, float(topo.slots)))
+        # windows on both ends, per link kind
+        kinter = (node[cu] != node[cr]).astype(np.int64)
+        unit = np.where(kinter == 1, params.copy_inter_us, params.copy_intra_us)
+        for rank in (cr, cu):
+            rows.add(z0 + np.arange(C), unit, rank * 2 + kinter, np.full(2 * g, -np.inf), np.repeat(windows_us, 2))
+    A, row_lo, row_hi = rows.matrix(ncols)
+    return LayerModel(c=c, A=A, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, integer=integer,
+                      copies=copies, flows=flows, hosts=hosts, z0=z0, y0=y0, a0=a0, t0=t0, tm=tm, tc=tc)
