@@ -11,7 +11,10 @@ from probe_planner.cost import CostParams
 
 from .conftest import make_topology, problems
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+FAST = {"static", "greedy"}
 
 
 @SETTINGS
@@ -19,6 +22,8 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 def test_every_solver_returns_valid_plan_above_lower_bound(case):
     loads, topo, budget = case
     for name in solver_names():
+        if name not in FAST:  # optimizers under time pressure must still return valid plans
+            budget = Budget(window_us=budget.window_us, time_limit_s=0.02)
         plan = solve(loads, topo, budget, solver=name)
         plan.validate()
         assert plan.solver == name

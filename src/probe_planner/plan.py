@@ -98,6 +98,23 @@ class Plan:
         return self.metrics.imbalance_ratio
 
     @property
+    def status(self) -> str:
+        """``"optimal"`` (proven), ``"feasible"`` (an optimizer's incumbent; see :attr:`gap`) or
+        ``"heuristic"`` (no optimality claim)."""
+        return str(self.info.get("status", "heuristic"))
+
+    @property
+    def bound_us(self) -> float:
+        """The best lower bound known on the makespan: the solver's (LP/MILP) or the analytic one."""
+        return max(float(self.info.get("bound_us", -np.inf)), self.lower_bound_us)
+
+    @property
+    def gap(self) -> float:
+        """``(makespan - bound) / makespan``: how far from optimal the plan can at most be."""
+        mk = self.makespan_us
+        return 0.0 if mk <= 0 else max(0.0, (mk - self.bound_us) / mk)
+
+    @property
     def num_replicas(self) -> int:
         return int(self.replicas.shape[0])
 
@@ -107,8 +124,9 @@ class Plan:
         L, G, E = self.loads.shape
         lb = self.lower_bound_us
         return "\n".join([
-            f"solver {self.solver}: {L} layer(s), {G} ranks, {E} experts, solved in {self.solve_time_s * 1e3:.2f} ms",
-            f"  makespan     {self.makespan_us:10.1f} us  (lower bound {lb:.1f} us, ratio {self.makespan_us / lb if lb > 0 else float('nan'):.3f})",
+            f"solver {self.solver}: {L} layer(s), {G} ranks, {E} experts, solved in {self.solve_time_s * 1e3:.2f} ms, "
+            f"status {self.status}",
+            f"  makespan     {self.makespan_us:10.1f} us  (bound {self.bound_us:.1f} us, gap {self.gap:.2%}; analytic bound {lb:.1f} us)",
             f"  phases       dispatch {m.dispatch_us.sum():.1f} + compute {m.compute_us.sum():.1f} + combine {m.dispatch_us.sum():.1f} us",
             f"  imbalance    {self.imbalance_ratio:.3f} tokens max/mean, {m.compute_imbalance:.3f} compute max/mean",
             f"  replicas     {self.num_replicas} added",

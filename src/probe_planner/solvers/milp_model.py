@@ -90,10 +90,11 @@ def candidate_copies(topo: Topology, windows_us: np.ndarray, params: CostParams)
 
 
 def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray, params: CostParams,
-                      fixed_hosts: np.ndarray | None = None) -> LayerModel:
+                      fixed_hosts: np.ndarray | None = None, integral_flows: bool = False) -> LayerModel:
     """The layer's MILP (``fixed_hosts=None``) or, for a ``[G, E]`` host mask, its token LP.
 
-    loads: ``[G, E]`` tokens of one layer.
+    loads: ``[G, E]`` tokens of one layer. ``integral_flows``: whole tokens (exact for integral
+    loads; otherwise flows are continuous and the model is a relaxation of the integral problem).
     """
     g, e_all = loads.shape
     node = topo.node_of
@@ -136,6 +137,7 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
     integer = np.zeros(ncols, dtype=bool)
     integer[z0:y0] = True
     integer[a0:t0] = True
+    integer[y0:a0] = integral_flows
     if fixed_hosts is not None:  # token LP: every host active
         col_lo[a0:t0] = 1.0
         integer[:] = False
@@ -149,6 +151,11 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
     rows.add(np.concatenate([y0 + np.arange(F), a0 + np.arange(H)]),
              np.concatenate([np.ones(F), -n_e[h_e]]),
              np.concatenate([f_h, np.arange(H)]), np.full(H, -np.inf), np.zeros(H))
+    # the same per source, y[s, e, r] <= n[s, e] a[e, r]: redundant for integral a, much tighter LP
+    if fixed_hosts is None:
+        rows.add(np.concatenate([y0 + np.arange(F), a0 + f_h]),
+                 np.concatenate([np.ones(F), -loads[f_s, f_e]]),
+                 np.concatenate([np.arange(F), np.arange(F)]), np.full(F, -np.inf), np.zeros(F))
     # roofline: t >= alpha Σ_s y ; t >= beta a
     rows.add(np.concatenate([t0 + np.arange(H), y0 + np.arange(F)]),
              np.concatenate([np.ones(H), -params.alpha_us * np.ones(F)]),
@@ -165,7 +172,7 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
     inter = (node[f_s] != node[f_r]).astype(np.int64)
     tau = np.where(inter == 1, params.tok_inter_us, params.tok_intra_us)
     fr = np.flatnonzero(remote)
-    for side, rank in ((0, f_r), (1, f_s)):
+    for rank in (f_r, f_s):  # receivers, then senders
         row = rank[fr] * 2 + inter[fr]  # one row per (rank, link kind)
         rows.add(np.concatenate([np.full(2 * g, tm), y0 + fr]),
                  np.concatenate([np.ones(2 * g), -tau[fr]]),

@@ -1,0 +1,102 @@
+"""MILP (both backends), LP rounding, token LP and auto on small instances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from probe_planner import Budget, solve
+from probe_planner.problem import Problem
+from probe_planner.solvers.lp_backends import solve_highs
+from probe_planner.solvers.milp_model import build_layer_model
+
+from .conftest import make_topology, problems
+from .reference_lp import reference_lp_value
+
+SMALL = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def small_problems():
+    return problems(max_nodes=2, max_rpn=2, max_layers=1, fractional=False)
+
+
+@SMALL
+@given(small_problems())
+def test_milp_is_optimal_and_ordered(case):
+    loads, topo, budget = case
+    budget = Budget(window_us=budget.window_us, time_limit_s=30.0)
+    static = solve(loads, topo, budget, solver="static")
+    greedy = solve(loads, topo, budget, solver="greedy")
+    highs = solve(loads, topo, budget, solver="milp", backend="highs")
+    ortools = solve(loads, topo, budget, solver="milp", backend="ortools")
+    for plan in (highs, ortools):
+        assert plan.status == "optimal", (plan.status, plan.gap)
+        assert plan.makespan_us <= greedy.makespan_us * (1 + 1e-9) + 1e-9 <= static.makespan_us * (1 + 1e-9) + 2e-9
+        assert plan.bound_us <= plan.makespan_us * (1 + 1e-9) + 1e-9
+    # both prove the same optimum (within the optimality tolerance and token rounding)
+    assert highs.makespan_us == pytest.approx(ortools.makespan_us, rel=5e-4, abs=1e-6)
+    lp = solve(loads, topo, budget, solver="lp-round")
+    assert lp.makespan_us <= static.makespan_us * (1 + 1e-9) + 1e-9
+    assert lp.info["lp_bound_us"] <= highs.makespan_us * (1 + 1e-6) + 1e-6
+    auto = solve(loads, topo, budget, solver="auto")
+    assert auto.makespan_us <= greedy.makespan_us * (1 + 1e-9) + 1e-9
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(max_nodes=2, max_rpn=2, max_layers=1), st.booleans())
+def test_highs_matrices_match_cvxpy_reference(case, fixed):
+    loads, topo, budget = case
+    prob = Problem.build(loads, topo, budget)
+    hosts = None
+    if fixed:
+        rng = np.random.default_rng(int(loads.sum()) % 1000)
+        hosts = rng.random(topo.native.shape) < 0.3
+    m = build_layer_model(prob.loads[0], topo, prob.windows_us, prob.params, fixed_hosts=hosts)
+    ours = solve_highs(m, 30.0, relax=True)
+    assert ours.status == "optimal"
+    ref = reference_lp_value(prob.loads[0], topo, prob.windows_us, hosts)
+    assert ours.objective == pytest.approx(ref, rel=1e-6, abs=1e-7)
+
+
+def test_lp_tokens_polishes_a_fixed_placement():
+    topo = make_topology(1, 4, 2, slots=0)
+    loads = np.array([[50.0, 0, 0, 0, 0, 0, 0, 9], [0, 50, 0, 0, 0, 0, 9, 0],
+                      [0, 0, 50, 0, 0, 9, 0, 0], [0, 0, 0, 50, 9, 0, 0, 0]])
+    static = solve(loads, topo, Budget(window_us=0.0), solver="static")
+    lp = solve(loads, topo, Budget(window_us=0.0), solver="lp-tokens")
+    assert lp.makespan_us <= static.makespan_us + 1e-9
+    lp_g = solve(loads, topo, Budget(window_us=0.0), solver="lp-tokens", base="greedy")
+    lp_g.validate()
+
+
+def test_redundant_placement_token_lp_beats_locality_rule():
+    # expert 0 is hosted natively by ranks 0 and 1; all its tokens come from rank 0 -> splitting helps
+    native = np.zeros((2, 2), dtype=bool)
+    native[[0, 1], [0, 0]] = True
+    native[1, 1] = True
+    topo = make_topology(1, 2, 1, slots=0, placement=native, ffn=16384)  # compute-heavy: splitting pays
+    loads = np.array([[4000.0, 0.0], [0.0, 10.0]])
+    static = solve(loads, topo, Budget(window_us=0.0), solver="static")
+    lp = solve(loads, topo, Budget(window_us=0.0), solver="lp-tokens")
+    assert lp.makespan_us < static.makespan_us
+    assert {tuple(r) for r in lp.route_idx[:, 1:].tolist() if r[1] == 0} == {(0, 0, 0), (0, 0, 1)}
+
+
+@pytest.mark.parametrize("solver", ["auto", "milp", "lp-round", "lp-tokens"])
+def test_tiny_budget_still_valid(solver):
+    topo = make_topology(2, 8, 8, slots=3)
+    rng = np.random.default_rng(0)
+    pop = 1 / np.arange(1, 129) ** 1.0
+    loads = rng.poisson(pop / pop.mean() * 40, size=(4, 16, 128)).astype(float)
+    plan = solve(loads, topo, Budget(window_us=200.0, time_limit_s=1e-4), solver=solver)
+    plan.validate()
+    assert plan.status in ("feasible", "heuristic", "optimal")
+    assert plan.solve_time_s < 5.0
+
+
+def test_unknown_backend():
+    topo = make_topology(1, 2, 2, slots=1)
+    with pytest.raises(ValueError, match="unknown MILP backend 'gurobi'"):
+        solve(np.ones((2, 4)), topo, Budget(window_us=1.0), solver="milp", backend="gurobi")
