@@ -210,20 +210,24 @@ def _finish(prob: Problem, parts: list[LayerParts], bounds: np.ndarray, proven: 
     return join_layers(parts, info)
 
 
-def model_size(prob: Problem, lay: int) -> int:
-    """Columns the layer's MILP would have (flows dominate), computed without building it."""
+def model_size(prob: Problem, lay: int, copies: bool = True) -> int:
+    """Columns the layer's MILP (or, ``copies=False``, its token LP) would have, without building it."""
     topo = prob.topology
-    copies = candidate_copies(topo, prob.windows_us, prob.params)
     n_e = prob.loads[lay].sum(axis=0)
-    copies = copies[n_e[copies[:, 0]] > 0]
+    if copies:
+        copies = candidate_copies(topo, prob.windows_us, prob.params)
+        copies = copies[n_e[copies[:, 0]] > 0]
+    else:
+        copies = np.zeros((0, 3), dtype=np.int64)
     hosts = topo.native.sum(axis=0) + np.bincount(copies[:, 0], minlength=topo.num_experts)
     sources = np.count_nonzero(prob.loads[lay], axis=0)
     return int((sources * hosts).sum() + 2 * hosts.sum() + copies.shape[0])
 
 
-# Measured on a 2-core CI-class machine: building costs ~0.3 us per column and a solve is hopeless in
-# less than ~2 us per column; below that the MILP phase is skipped rather than overrun the budget.
-_SECONDS_PER_COLUMN = 2e-6
+# Measured on a 2-core CI-class machine: building costs ~0.3 us per column and HiGHS, which cannot
+# be interrupted during setup and presolve, needs 3-9 us per column for even the token LP; a phase
+# with less than 10 us per column left is skipped rather than allowed to overrun the budget.
+_SECONDS_PER_COLUMN = 1e-5
 
 
 def _milp_layers(prob: Problem, parts: list[LayerParts], backend: str, mip_rel_gap: float, skip_small: bool):
@@ -260,10 +264,19 @@ def solve_milp(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
 
 @register("auto")
 def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4) -> SolverResult:
-    """Anytime: the greedy plan at once, then each layer's MILP (warm-started from it; HiGHS solves
-    the LP relaxation at the root and rounds it with its own heuristics) while the budget lasts.
-    Layers whose model cannot be built and searched in their share of the budget keep greedy."""
+    """Anytime: the greedy plan at once; its token split polished by the token LP; then each layer's
+    MILP (HiGHS solves the LP relaxation at the root and rounds it with its own heuristics) while
+    the budget lasts, kept only where it beats the incumbent. A phase that cannot be built and
+    searched in the layer's share of the budget is skipped, so the budget is never overrun by it."""
     parts = split_layers(prob, run_kernel(prob, prob.topology.num_ranks * prob.topology.slots))
+    L = len(parts)
+    for lay in range(L):  # polish greedy's token split exactly: cheap, often 5-10% better
+        left = _remaining(prob.deadline) / (L - lay)
+        if left < _SECONDS_PER_COLUMN * model_size(prob, lay, copies=False):
+            continue
+        cand, _ = token_lp(prob, lay, parts[lay].replicas, left)
+        if cand is not None and cand.makespan_us < parts[lay].makespan_us:
+            parts[lay] = cand
     bounds, proven = _milp_layers(prob, parts, backend, mip_rel_gap, skip_small=True)
     return _finish(prob, parts, bounds, proven, {"backend": backend}, rel_gap=mip_rel_gap)
 
