@@ -53,11 +53,29 @@ def test_highs_matrices_match_cvxpy_reference(case, fixed):
     if fixed:
         rng = np.random.default_rng(int(loads.sum()) % 1000)
         hosts = rng.random(topo.native.shape) < 0.3
-    m = build_layer_model(prob.loads[0], topo, prob.windows_us, prob.params, fixed_hosts=hosts)
+    ref = reference_lp_value(prob.loads[0], topo, prob.windows_us, hosts)
+    m = build_layer_model(prob.loads[0], topo, prob.windows_us, prob.params, fixed_hosts=hosts, form="flow")
     ours = solve_highs(m, 30.0, relax=True)
     assert ours.status == "optimal"
-    ref = reference_lp_value(prob.loads[0], topo, prob.windows_us, hosts)
     assert ours.objective == pytest.approx(ref, rel=1e-6, abs=1e-7)
+    if topo.num_nodes == 1:  # the node form is the same polytope projected: same LP value
+        m = build_layer_model(prob.loads[0], topo, prob.windows_us, prob.params, fixed_hosts=hosts, form="node")
+        node = solve_highs(m, 30.0, relax=True)
+        assert node.objective == pytest.approx(ref, rel=1e-6, abs=1e-7)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(max_nodes=1, max_rpn=4, max_layers=1, fractional=False))
+def test_node_form_milp_matches_flow_form(case):
+    loads, topo, budget = case
+    prob = Problem.build(loads, topo, budget)
+    values = []
+    for form in ("flow", "node"):
+        m = build_layer_model(prob.loads[0], topo, prob.windows_us, prob.params, integral_flows=True, form=form)
+        sol = solve_highs(m, 30.0, mip_rel_gap=1e-9)
+        assert sol.status == "optimal"
+        values.append(sol.objective)
+    assert values[0] == pytest.approx(values[1], rel=1e-6, abs=1e-7)
 
 
 def test_lp_tokens_polishes_a_fixed_placement():

@@ -19,7 +19,7 @@ from ..problem import Problem
 from . import SolverResult, register
 from .greedy import prepare, run_kernel
 from .lp_backends import ModelSolution, get_backend, solve_highs
-from .milp_model import LayerModel, build_layer_model, candidate_copies
+from .milp_model import LayerModel, build_layer_model, candidate_copies, node_flows
 
 _EPS = 1e-9
 
@@ -97,7 +97,7 @@ def integral_routes(flows: np.ndarray, y: np.ndarray, loads: np.ndarray, integra
     return flows[keep], y[keep]
 
 
-def warm_start(m: LayerModel, prob: Problem, parts: LayerParts) -> np.ndarray | None:
+def warm_start(m: LayerModel, prob: Problem, lay: int, parts: LayerParts) -> np.ndarray | None:
     """The model's variable vector for a plan (None if the plan uses a copy the model lacks)."""
     g, e_all = prob.loads.shape[1:]
     x = np.zeros(m.num_cols)
@@ -107,15 +107,23 @@ def warm_start(m: LayerModel, prob: Problem, parts: LayerParts) -> np.ndarray | 
     if rkey.size and (np.any(pos >= ckey.size) or np.any(ckey[np.minimum(pos, ckey.size - 1)] != rkey)):
         return None
     x[m.z0 + pos] = 1.0
-    fkey = (m.flows[:, 0] * e_all + m.flows[:, 1]) * g + m.flows[:, 2]
-    order = np.argsort(fkey)
-    qkey = (parts.routes[:, 0] * e_all + parts.routes[:, 1]) * g + parts.routes[:, 2]
-    p = np.searchsorted(fkey, qkey, sorter=order)
-    if qkey.size and (np.any(p >= fkey.size) or np.any(fkey[order[np.minimum(p, fkey.size - 1)]] != qkey)):
-        return None
-    x[m.y0 + order[p]] = parts.tokens
     hkey = m.hosts[:, 0] * g + m.hosts[:, 1]
-    proc = np.bincount(np.searchsorted(hkey, m.flows[:, 1] * g + m.flows[:, 2]), weights=x[m.y0:m.a0], minlength=hkey.size)
+    s, e, r = parts.routes.T
+    hpos = np.searchsorted(hkey, e * g + r)
+    if hpos.size and (np.any(hpos >= hkey.size) or np.any(hkey[np.minimum(hpos, hkey.size - 1)] != e * g + r)):
+        return None
+    proc = np.bincount(hpos, weights=parts.tokens, minlength=hkey.size)
+    if m.flows is None:
+        x[m.y0:m.l0] = proc
+        x[m.l0:m.a0] = np.bincount(hpos, weights=parts.tokens * (s == r), minlength=hkey.size)
+    else:
+        fkey = (m.flows[:, 0] * e_all + m.flows[:, 1]) * g + m.flows[:, 2]
+        order = np.argsort(fkey)
+        qkey = (s * e_all + e) * g + r
+        p = np.searchsorted(fkey, qkey, sorter=order)
+        if qkey.size and (np.any(p >= fkey.size) or np.any(fkey[order[np.minimum(p, fkey.size - 1)]] != qkey)):
+            return None
+        x[m.y0 + order[p]] = parts.tokens
     active = proc > 0
     if m.col_lo[m.a0:m.t0].min(initial=0.0) > 0:
         active[:] = True
@@ -127,19 +135,31 @@ def warm_start(m: LayerModel, prob: Problem, parts: LayerParts) -> np.ndarray | 
     return x
 
 
-def parts_from_solution(m: LayerModel, prob: Problem, lay: int, x: np.ndarray) -> LayerParts:
-    """Replicas (z > 1/2) and integral routes from a model solution; flows on ranks that do not end
-    up hosting the expert are dropped and the pair's remaining flows rescaled."""
-    g, e_all = prob.loads.shape[1:]
-    chosen = m.copies[x[m.z0:m.y0] > 0.5]
+def _routes(m: LayerModel, prob: Problem, lay: int, x: np.ndarray, replicas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integral routes from a model solution, given the replicas kept."""
     hosts = prob.topology.native.copy()
-    hosts[chosen[:, 2], chosen[:, 0]] = True
-    y = x[m.y0:m.a0].copy()
-    y[~hosts[m.flows[:, 2], m.flows[:, 1]]] = 0.0
-    routes, tok = integral_routes(m.flows, y, prob.loads[lay], prob.integral)
-    used = np.zeros((g, e_all), dtype=bool)
+    hosts[replicas[:, 2], replicas[:, 0]] = True
+    if m.flows is None:
+        flows, y = node_flows(m, x, prob.loads[lay], hosts)
+    else:
+        flows, y = m.flows, x[m.y0:m.a0].copy()
+        y[~hosts[flows[:, 2], flows[:, 1]]] = 0.0
+    return integral_routes(flows, y, prob.loads[lay], prob.integral)
+
+
+def _drop_unused(replicas: np.ndarray, routes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A replica nobody routes to is not worth copying."""
+    used = np.zeros(shape, dtype=bool)
     used[routes[:, 2], routes[:, 1]] = True
-    chosen = chosen[used[chosen[:, 2], chosen[:, 0]]]  # a replica nobody uses is not worth copying
+    return replicas[used[replicas[:, 2], replicas[:, 0]]]
+
+
+def parts_from_solution(m: LayerModel, prob: Problem, lay: int, x: np.ndarray) -> LayerParts:
+    """Replicas (z > 1/2) and integral routes from a model solution; tokens on ranks that do not end
+    up hosting the expert are dropped and each (source, expert) pair rescaled to its load."""
+    chosen = m.copies[x[m.z0:m.y0] > 0.5]
+    routes, tok = _routes(m, prob, lay, x, chosen)
+    chosen = _drop_unused(chosen, routes, prob.loads.shape[1:])
     return LayerParts(chosen, routes, tok, _layer_makespan(prob, chosen, routes, tok))
 
 
@@ -151,10 +171,8 @@ def token_lp(prob: Problem, lay: int, replicas: np.ndarray, time_limit_s: float)
     sol = solve_highs(m, time_limit_s, relax=True)
     if sol.x is None:
         return None, sol
-    routes, tok = integral_routes(m.flows, sol.x[m.y0:m.a0], prob.loads[lay], prob.integral)
-    used = np.zeros(hosts.shape, dtype=bool)
-    used[routes[:, 2], routes[:, 1]] = True
-    rep = replicas[used[replicas[:, 2], replicas[:, 0]]]
+    routes, tok = _routes(m, prob, lay, sol.x, replicas)
+    rep = _drop_unused(replicas, routes, hosts.shape)
     return LayerParts(rep, routes, tok, _layer_makespan(prob, rep, routes, tok)), sol
 
 
@@ -242,7 +260,7 @@ def _milp_layers(prob: Problem, parts: list[LayerParts], backend: str, mip_rel_g
         if skip_small and left < _SECONDS_PER_COLUMN * model_size(prob, lay):
             continue
         m = build_layer_model(prob.loads[lay], prob.topology, prob.windows_us, prob.params, integral_flows=prob.integral)
-        sol = solve_backend(m, _remaining(prob.deadline) / (L - lay), warm=warm_start(m, prob, parts[lay]),
+        sol = solve_backend(m, _remaining(prob.deadline) / (L - lay), warm=warm_start(m, prob, lay, parts[lay]),
                             mip_rel_gap=mip_rel_gap)
         bounds[lay] = sol.bound
         if sol.x is not None:

@@ -37,7 +37,7 @@ class LayerModel:
     col_hi: np.ndarray
     integer: np.ndarray  # bool per column
     copies: np.ndarray  # [C, 3] (expert, src, dst) for the z columns
-    flows: np.ndarray  # [F, 3] (src, expert, dst) for the y columns
+    flows: np.ndarray | None  # [F, 3] (src, expert, dst) for the y columns; None in the node form
     hosts: np.ndarray  # [H, 2] (expert, rank) for the a and t columns
     z0: int
     y0: int
@@ -45,6 +45,7 @@ class LayerModel:
     t0: int
     tm: int
     tc: int
+    l0: int = -1  # node form only: local-token columns l[h] follow the processed-token columns p[h]
 
     @property
     def num_cols(self) -> int:
@@ -90,23 +91,21 @@ def candidate_copies(topo: Topology, windows_us: np.ndarray, params: CostParams)
 
 
 def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray, params: CostParams,
-                      fixed_hosts: np.ndarray | None = None, integral_flows: bool = False) -> LayerModel:
+                      fixed_hosts: np.ndarray | None = None, integral_flows: bool = False,
+                      form: str = "auto") -> LayerModel:
     """The layer's MILP (``fixed_hosts=None``) or, for a ``[G, E]`` host mask, its token LP.
 
     loads: ``[G, E]`` tokens of one layer. ``integral_flows``: whole tokens (exact for integral
     loads; otherwise flows are continuous and the model is a relaxation of the integral problem).
+    form: ``"flow"`` (per-source flows, any cluster), ``"node"`` (per-host processed and local
+    tokens, exact on a single node and several times smaller) or ``"auto"`` (node form on one node).
     """
+    if form == "node" or (form == "auto" and topo.num_nodes == 1):
+        return _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral_flows)
     g, e_all = loads.shape
     node = topo.node_of
     n_e = loads.sum(axis=0)
-    if fixed_hosts is None:
-        copies = candidate_copies(topo, windows_us, params)
-        copies = copies[n_e[copies[:, 0]] > 0]  # copying an idle expert never helps
-        possible = topo.native.copy()
-        possible[copies[:, 2], copies[:, 0]] = True
-    else:
-        copies = np.zeros((0, 3), dtype=np.int64)
-        possible = np.asarray(fixed_hosts, dtype=bool) | topo.native
+    copies, possible = _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts)
     # hosts (e, r) worth modelling: experts with tokens only
     h_e, h_r = np.nonzero((possible & (n_e > 0)[None, :]).T)
     hosts = np.stack([h_e, h_r], axis=1)
@@ -177,6 +176,29 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
         rows.add(np.concatenate([np.full(2 * g, tm), y0 + fr]),
                  np.concatenate([np.ones(2 * g), -tau[fr]]),
                  np.concatenate([np.arange(2 * g), row]), np.zeros(2 * g), np.full(2 * g, np.inf))
+    _copy_rows(rows, topo, windows_us, params, copies, host_id, z0, a0)
+    A, row_lo, row_hi = rows.matrix(ncols)
+    return LayerModel(c=c, A=A, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, integer=integer,
+                      copies=copies, flows=flows, hosts=hosts, z0=z0, y0=y0, a0=a0, t0=t0, tm=tm, tc=tc)
+
+
+def _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts):
+    if fixed_hosts is None:
+        copies = candidate_copies(topo, windows_us, params)
+        copies = copies[n_e[copies[:, 0]] > 0]  # copying an idle expert never helps
+        possible = topo.native.copy()
+        possible[copies[:, 2], copies[:, 0]] = True
+    else:
+        copies = np.zeros((0, 3), dtype=np.int64)
+        possible = np.asarray(fixed_hosts, dtype=bool) | topo.native
+    return copies, possible
+
+
+def _copy_rows(rows: _Rows, topo, windows_us, params, copies, host_id, z0, a0) -> None:
+    """Replica hosts active only when copied, one copy per (expert, rank), slots, both windows."""
+    g = topo.num_ranks
+    node = topo.node_of
+    C = copies.shape[0]
     if C:
         ce, cu, cr = copies.T
         # replica hosts are active only when copied: a[e, r] - Σ_u z[e, u, r] <= 0 (and one copy each)
@@ -198,6 +220,115 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
         unit = np.where(kinter == 1, params.copy_inter_us, params.copy_intra_us)
         for rank in (cr, cu):
             rows.add(z0 + np.arange(C), unit, rank * 2 + kinter, np.full(2 * g, -np.inf), np.repeat(windows_us, 2))
+
+
+def _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral) -> LayerModel:
+    """Single-node form. On one node every remote token crosses the same kind of link, so only how
+    many tokens each host processes (``p``) and keeps from its own source (``l``) matter:
+    ``in[r] = Σ_e (p - l)``, ``out[r] = n_r - Σ_e l``. Any (p, l) with ``l <= min(n[r, e], p)`` is
+    routable, and keeping more tokens local never hurts (exchange argument in docs/formulation.md),
+    so the form is exact; :func:`node_flows` turns a solution back into per-source routes."""
+    g, e_all = loads.shape
+    n_e = loads.sum(axis=0)
+    copies, possible = _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts)
+    h_e, h_r = np.nonzero((possible & (n_e > 0)[None, :]).T)
+    hosts = np.stack([h_e, h_r], axis=1)
+    host_id = -np.ones((e_all, g), dtype=np.int64)
+    host_id[h_e, h_r] = np.arange(h_e.size)
+    C, H = copies.shape[0], hosts.shape[0]
+    z0, p0 = 0, C
+    l0 = p0 + H
+    a0 = l0 + H
+    t0 = a0 + H
+    tm, tc = t0 + H, t0 + H + 1
+    ncols = tc + 1
+    c = np.zeros(ncols)
+    c[tm], c[tc] = 2.0, 1.0
+    col_lo = np.zeros(ncols)
+    col_hi = np.full(ncols, np.inf)
+    col_hi[z0:p0] = 1.0
+    col_hi[a0:t0] = 1.0
+    n_loc = loads[h_r, h_e]
+    col_hi[l0:a0] = n_loc
+    integer = np.zeros(ncols, dtype=bool)
+    integer[z0:p0] = True
+    integer[a0:t0] = True
+    integer[p0:a0] = integral
+    if fixed_hosts is not None:
+        col_lo[a0:t0] = 1.0
+        integer[:] = False
+    rows = _Rows()
+    hh = np.arange(H)
+    experts = np.unique(h_e)
+    rows.add(p0 + hh, np.ones(H), np.searchsorted(experts, h_e), n_e[experts], n_e[experts])  # Σ_r p = n_e
+    neg = np.full(H, -np.inf)
+    zero = np.zeros(H)
+    pair = np.concatenate([hh, hh])
+    rows.add(np.concatenate([p0 + hh, a0 + hh]), np.concatenate([np.ones(H), -n_e[h_e]]), pair, neg, zero)
+    rows.add(np.concatenate([p0 + hh, l0 + hh, a0 + hh]),  # remote received <= other sources' tokens
+             np.concatenate([np.ones(H), -np.ones(H), -(n_e[h_e] - n_loc)]), np.concatenate([hh, hh, hh]), neg, zero)
+    rows.add(np.concatenate([l0 + hh, a0 + hh]), np.concatenate([np.ones(H), -n_loc]), pair, neg, zero)
+    rows.add(np.concatenate([l0 + hh, p0 + hh]), np.concatenate([np.ones(H), -np.ones(H)]), pair, neg, zero)
+    inf_h = np.full(H, np.inf)
+    rows.add(np.concatenate([t0 + hh, p0 + hh]), np.concatenate([np.ones(H), -params.alpha_us * np.ones(H)]), pair, zero, inf_h)
+    rows.add(np.concatenate([t0 + hh, a0 + hh]), np.concatenate([np.ones(H), -params.beta_us * np.ones(H)]), pair, zero, inf_h)
+    ranks = np.arange(g)
+    rows.add(np.concatenate([np.full(g, tc), t0 + hh]), np.concatenate([np.ones(g), -np.ones(H)]),
+             np.concatenate([ranks, h_r]), np.zeros(g), np.full(g, np.inf))
+    tau = params.tok_intra_us
+    rows.add(np.concatenate([np.full(g, tm), p0 + hh, l0 + hh]),  # Tm >= tau in[r]
+             np.concatenate([np.ones(g), -tau * np.ones(H), tau * np.ones(H)]),
+             np.concatenate([ranks, h_r, h_r]), np.zeros(g), np.full(g, np.inf))
+    rows.add(np.concatenate([np.full(g, tm), l0 + hh]),  # Tm >= tau out[r] = tau (n_r - Σ_e l)
+             np.concatenate([np.ones(g), tau * np.ones(H)]),
+             np.concatenate([ranks, h_r]), tau * loads.sum(axis=1), np.full(g, np.inf))
+    _copy_rows(rows, topo, windows_us, params, copies, host_id, z0, a0)
     A, row_lo, row_hi = rows.matrix(ncols)
     return LayerModel(c=c, A=A, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, integer=integer,
-                      copies=copies, flows=flows, hosts=hosts, z0=z0, y0=y0, a0=a0, t0=t0, tm=tm, tc=tc)
+                      copies=copies, flows=None, hosts=hosts, z0=z0, y0=p0, a0=a0, t0=t0, tm=tm, tc=tc, l0=l0)
+
+
+def node_flows(m: LayerModel, x: np.ndarray, loads: np.ndarray, host_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-source flows ``([F, 3] (src, expert, dst), amounts)`` from a node-form solution, grouped by
+    (source, expert). Hosts not in ``host_mask`` (replicas rounded away) process nothing; each
+    expert's processed tokens are rescaled to its load; ``l = min(n, p)`` (keeping local never hurts,
+    and then no rank both sends and receives the expert); remote tokens are paired source to host in
+    rank order (a northwest-corner transport, which never pairs a rank with itself)."""
+    g, e_all = loads.shape
+    h_e, h_r = m.hosts[:, 0], m.hosts[:, 1]
+    p = np.maximum(x[m.y0:m.l0], 0.0) * host_mask[h_r, h_e]
+    out_s, out_e, out_r, out_y = [], [], [], []
+    for e in np.unique(h_e):
+        sel = np.flatnonzero(h_e == e)
+        n_col = loads[:, e]
+        pe = p[sel]
+        if pe.sum() <= 0:  # nothing left: the first (native) host takes all
+            pe = np.zeros_like(pe)
+            pe[0] = n_col.sum()
+        pe = pe * (n_col.sum() / pe.sum())
+        ranks = h_r[sel]
+        loc = np.minimum(n_col[ranks], pe)
+        supply = n_col.copy()
+        supply[ranks] -= loc
+        demand = pe - loc
+        for r, v in zip(ranks, loc, strict=True):
+            if v > 0:
+                out_s.append(r), out_e.append(e), out_r.append(r), out_y.append(v)
+        i = j = 0
+        srcs = np.flatnonzero(supply > 1e-12 * max(1.0, n_col.sum()))
+        dsts = np.flatnonzero(demand > 1e-12 * max(1.0, n_col.sum()))
+        while i < srcs.size and j < dsts.size:
+            s_, d_ = srcs[i], dsts[j]
+            a = min(supply[s_], demand[d_])
+            out_s.append(s_), out_e.append(e), out_r.append(ranks[d_]), out_y.append(a)
+            supply[s_] -= a
+            demand[d_] -= a
+            if supply[s_] <= 1e-12 * max(1.0, n_col.sum()):
+                i += 1
+            if demand[d_] <= 1e-12 * max(1.0, n_col.sum()):
+                j += 1
+    flows = np.stack([np.array(out_s, dtype=np.int64), np.array(out_e, dtype=np.int64), np.array(out_r, dtype=np.int64)], axis=1) \
+        if out_s else np.zeros((0, 3), dtype=np.int64)
+    y = np.array(out_y, dtype=np.float64)
+    order = np.lexsort((flows[:, 2], flows[:, 1], flows[:, 0]))
+    return flows[order], y[order]
