@@ -10,15 +10,27 @@ from . import SolverResult, register
 from .greedy_kernel import plan_layers
 
 
-def run_kernel(prob: Problem, max_moves: int, n_dest: int = 4, n_exp: int = 2) -> SolverResult:
+def kernel_params(prob: Problem, comm_weight: float = 2.0) -> np.ndarray:
+    """The cost vector plus the water-fill's link weight and expected link time of a remote token."""
+    topo, pr = prob.topology, prob.params
+    g, rpn = topo.num_ranks, topo.ranks_per_node
+    tau = pr.tok_intra_us if g == rpn else ((rpn - 1) * pr.tok_intra_us + (g - rpn) * pr.tok_inter_us) / (g - 1)
+    return np.concatenate([pr.vector(), [comm_weight, tau]])
+
+
+def run_kernel(prob: Problem, max_moves: int, n_dest: int = 4, n_exp: int = 2,
+               comm_weight: float | None = None) -> SolverResult:
     topo = prob.topology
     for name, v in (("max_moves", max_moves), ("n_dest", n_dest), ("n_exp", n_exp)):
         if int(v) != v or v < (0 if name == "max_moves" else 1):
             raise SolverError(f"greedy option {name} must be a non-negative integer (n_dest, n_exp >= 1), got {v!r}")
+    if comm_weight is None:
+        comm_weight = 0.0 if topo.num_nodes == 1 else 2.0
     loads_t = np.ascontiguousarray(prob.loads.transpose(0, 2, 1))
     rep, ridx, rtok, moves, finished = plan_layers(
-        prob.loads, loads_t, int(np.count_nonzero(prob.loads)), topo.native, topo.node_of, topo.ranks_per_node, prob.params.vector(), topo.slots,
-        prob.windows_us, prob.integral, int(max_moves), int(n_dest), int(n_exp), prob.deadline)
+        prob.loads, loads_t, int(np.count_nonzero(prob.loads)), topo.native, topo.node_of, topo.ranks_per_node,
+        kernel_params(prob, comm_weight), topo.slots, prob.windows_us, prob.integral, int(max_moves), int(n_dest),
+        int(n_exp), prob.deadline)
     return SolverResult(rep, ridx, rtok, {"moves": moves, "finished": bool(finished)})
 
 
@@ -32,7 +44,7 @@ def prepare() -> None:
         z = np.zeros((1, 1, 1))
         native = np.ones((1, 1), dtype=bool)
         native.setflags(write=False)  # same array types as Topology.native, so the same specialization
-        plan_layers(z, z, 0, native, np.zeros(1, np.int64), 1, np.ones(6), 1, np.zeros(1), True, 1, 1, 1, float("inf"))
+        plan_layers(z, z, 0, native, np.zeros(1, np.int64), 1, np.ones(8), 1, np.zeros(1), True, 1, 1, 1, float("inf"))
         _ready = True
 
 
@@ -47,16 +59,24 @@ solve_static.prepare = prepare
 
 
 @register("greedy")
-def solve_greedy(prob: Problem, max_moves: int | None = None, n_dest: int = 4, n_exp: int = 2) -> SolverResult:
+def solve_greedy(prob: Problem, max_moves: int | None = None, n_dest: int = 4, n_exp: int = 2,
+                 comm_weight: float | None = None) -> SolverResult:
     """Greedy replication: relieve the bottleneck rank move by move while the makespan drops.
 
     max_moves: cap on replicas per layer (default: every slot); n_dest: destinations tried per
-    candidate expert; n_exp: candidate experts per bottleneck rank and kind of move.
+    candidate expert; n_exp: candidate experts per bottleneck rank and kind of move; comm_weight:
+    weight of a host's link time when splitting an expert's tokens (0: balance compute only;
+    default 0 on one node, where NVLink makes compute the scarce resource, and 2 across nodes, where
+    the slower NIC does — measured best on Zipf loads and the Qwen3 trace, bench/greedy_speed.py).
     """
     topo = prob.topology
     if max_moves is None:
         max_moves = topo.num_ranks * topo.slots
-    return run_kernel(prob, max_moves, n_dest, n_exp)
+    if comm_weight is None:
+        comm_weight = 0.0 if topo.num_nodes == 1 else 2.0
+    if not (comm_weight >= 0 and np.isfinite(comm_weight)):
+        raise SolverError(f"greedy option comm_weight must be a finite number >= 0, got {comm_weight!r}")
+    return run_kernel(prob, max_moves, n_dest, n_exp, comm_weight)
 
 
 solve_greedy.prepare = prepare

@@ -34,37 +34,44 @@ def _now():
     return t
 
 
+# Extra entries the kernel appends to the cost vector: the weight of a rank's link time in the
+# water-fill level, and the expected per-token link time of a remote token.
+FILL_W, FILL_TAU = 6, 7
+
+
 @nb.njit(cache=True, _nrt=False)
-def _waterfill(e, nt, total, hosts, nh, xh, comp, alpha, integral, base, key, order):
-    """Split expert ``e``'s ``total`` tokens over its hosts: each keeps its local tokens, the rest
-    raise the least-loaded hosts to a common compute level. ``comp`` must exclude ``e``."""
+def _waterfill(e, nt, total, hosts, nh, xh, comp, vol, p, integral, base, key, order):
+    """Split expert ``e``'s ``total`` tokens over its hosts: each keeps its local tokens; the rest
+    raise the hosts with the lowest level to a common level, where a host's level is its compute
+    time plus ``FILL_W`` x its link time, and a remote token adds ``alpha + FILL_W·FILL_TAU`` to it
+    (it is computed there and crosses that host's link). ``comp``/``vol`` must exclude ``e``."""
+    alpha = p[ALPHA]
+    slope = alpha + p[FILL_W] * p[FILL_TAU]
     for i in range(nh):
         r = hosts[e, i]
-        base[i] = comp[r]
-        key[i] = comp[r] + nt[e, r] * alpha
+        base[i] = comp[r] + p[FILL_W] * link_time_us(vol[r, 0], vol[r, 1], vol[r, 2], vol[r, 3], p[TOK_INTRA], p[TOK_INTER])
+        key[i] = base[i] + nt[e, r] * alpha
         order[i] = i
     for i in range(1, nh):  # insertion sort by key: nh is small
         j = i
         while j > 0 and key[order[j - 1]] > key[order[j]]:
             order[j - 1], order[j] = order[j], order[j - 1]
             j -= 1
-    inactive = 0.0
+    remote = total
     for i in range(nh):
-        inactive += nt[e, hosts[e, i]]
-    active_base = 0.0
+        remote -= nt[e, hosts[e, i]]
+    active_key = 0.0
     lam = 0.0
     for j in range(nh):
-        i = order[j]
-        inactive -= nt[e, hosts[e, i]]
-        active_base += base[i]
-        lam = (alpha * (total - inactive) + active_base) / (j + 1)
+        active_key += key[order[j]]
+        lam = (slope * remote + active_key) / (j + 1)
         if j + 1 == nh or lam <= key[order[j + 1]]:
             break
     acc = 0.0
     for i in range(nh):
         loc = nt[e, hosts[e, i]]
-        v = (lam - base[i]) / alpha
-        xh[e, i] = v if v > loc else loc
+        v = (lam - key[i]) / slope
+        xh[e, i] = loc + (v if v > 0.0 else 0.0)
         acc += xh[e, i]
     if integral:
         deficit = total
@@ -256,6 +263,164 @@ def _cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies,
     return nd
 
 
+@nb.njit(cache=True, _nrt=False)
+def _add_copy(e, src, d, integral, nt, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used, copies, node_of, rpn, p,
+              comp, vol, rem, quota, o_src, o_dst, o_amt, base, key, order):
+    """Make ``d`` a host of ``e`` (copied from ``src``) and re-split ``e``'s tokens."""
+    k = nh[e]
+    _apply(e, -1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+    hosts[e, k] = d
+    is_host[e, d] = True
+    nh[e] = k + 1
+    _waterfill(e, nt, total[e], hosts, k + 1, xh, comp, vol, p, integral, base, key, order)
+    _apply(e, 1.0, nt, is_host, hosts, k + 1, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+    link = 0 if node_of[src] == node_of[d] else 1
+    copies[d, link] += 1.0
+    copies[src, 2 + link] += 1.0
+    used[d] += 1
+    rank_exp[d, rank_cnt[d]] = e
+    rank_cnt[d] += 1
+
+
+@nb.njit(cache=True, _nrt=False)
+def _remove_copy(e, src, d, integral, nt, total, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, used, copies,
+                 node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt, base, key, order):
+    """Undo :func:`_add_copy`: ``d`` stops hosting ``e``; ``e``'s tokens are re-split."""
+    k = nh[e]
+    _apply(e, -1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+    for i in range(nat_cnt[e], k):
+        if hosts[e, i] == d:
+            for j in range(i, k - 1):
+                hosts[e, j] = hosts[e, j + 1]
+            break
+    is_host[e, d] = False
+    nh[e] = k - 1
+    _waterfill(e, nt, total[e], hosts, k - 1, xh, comp, vol, p, integral, base, key, order)
+    _apply(e, 1.0, nt, is_host, hosts, k - 1, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+    link = 0 if node_of[src] == node_of[d] else 1
+    copies[d, link] -= 1.0
+    copies[src, 2 + link] -= 1.0
+    used[d] -= 1
+    for j in range(rank_cnt[d]):
+        if rank_exp[d, j] == e:
+            rank_exp[d, j] = rank_exp[d, rank_cnt[d] - 1]
+            break
+    rank_cnt[d] -= 1
+
+
+@nb.njit(cache=True, _nrt=False)
+def _search(mk, sq, g, e_all, n_exp, n_dest, slots, integral, n, nt, total, is_host, hosts, nh, nat_cnt, xh, rank_exp,
+            rank_cnt, used, copies, win, node_of, rpn, p, comp, vol, comp0, vol0, rem, quota, o_src, o_dst, o_amt, base,
+            key, order, saved, cand_e, cand_d, dest, dest_cost):
+    """The best single copy to add: ``(makespan, sum of squares, expert, dst, src)``, expert -1 when
+    none beats ``mk`` (or ties it with a smaller ``sq``). The state is left as it was found."""
+    # bottlenecks: slowest compute rank, slowest link rank
+    rc = 0
+    rm = 0
+    cm_best = -1.0
+    for r in range(g):
+        if comp[r] > comp[rc]:
+            rc = r
+        c = link_time_us(vol[r, 0], vol[r, 1], vol[r, 2], vol[r, 3], p[TOK_INTRA], p[TOK_INTER])
+        if c > cm_best:
+            cm_best = c
+            rm = r
+    # candidates: (a) heaviest experts on the compute bottleneck and (b) most-received experts on
+    # the link bottleneck, each copied to cheap ranks; (c) experts the link bottleneck sends most,
+    # copied onto it
+    n_cand = 0
+    for kind in range(3):
+        r0 = rc if kind == 0 else rm
+        if kind == 2 and used[r0] >= slots:
+            continue
+        for _ in range(n_exp):
+            be = -1
+            bv = 0.0
+            if kind < 2:
+                for j in range(rank_cnt[r0]):
+                    e = rank_exp[r0, j]
+                    if nh[e] >= g:
+                        continue
+                    v = 0.0
+                    for i in range(nh[e]):
+                        if hosts[e, i] == r0:
+                            v = xh[e, i] if kind == 0 else xh[e, i] - nt[e, r0]
+                    if v > bv:
+                        dup = False
+                        for c in range(n_cand):
+                            if cand_e[c] == e and cand_d[c] < 0:
+                                dup = True
+                        if not dup:
+                            bv = v
+                            be = e
+            else:
+                for e in range(e_all):
+                    if n[r0, e] > bv and not is_host[e, r0]:
+                        dup = False
+                        for c in range(n_cand):
+                            if cand_e[c] == e and cand_d[c] == r0:
+                                dup = True
+                        if not dup:
+                            bv = n[r0, e]
+                            be = e
+            if be < 0:
+                break
+            cand_e[n_cand] = be
+            cand_d[n_cand] = r0 if kind == 2 else -1
+            n_cand += 1
+    best_mk = mk
+    best_sq = sq
+    best_e = -1
+    best_d = -1
+    best_s = -1
+    for c in range(n_cand):
+        e = cand_e[c]
+        if cand_d[c] >= 0:
+            dest[0] = cand_d[c]
+            nd = 1
+        else:
+            nd = _cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies, win, p,
+                                 comp, vol, n_dest, dest, dest_cost)
+        if nd == 0:
+            continue
+        k = nh[e]
+        for i in range(k):
+            saved[i] = xh[e, i]
+        _apply(e, -1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+        for r in range(g):  # snapshot (explicit loops: this helper runs without NRT)
+            comp0[r] = comp[r]
+            for q in range(4):
+                vol0[r, q] = vol[r, q]
+        for j in range(nd):
+            d = dest[j]
+            src = _copy_source(e, d, nat_cnt, hosts, node_of, copies, win, p)
+            if src < 0:
+                continue
+            hosts[e, k] = d
+            is_host[e, d] = True
+            xh[e, k] = 0.0
+            _waterfill(e, nt, total[e], hosts, k + 1, xh, comp, vol, p, integral, base, key, order)
+            _apply(e, 1.0, nt, is_host, hosts, k + 1, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+            new_mk, new_sq = _score(comp, vol, p)
+            for r in range(g):
+                comp[r] = comp0[r]
+                for q in range(4):
+                    vol[r, q] = vol0[r, q]
+            is_host[e, d] = False
+            better = new_mk < best_mk * (1.0 - _TOL) - _TOL
+            tie_better = new_mk <= best_mk * (1.0 + _TOL) + _TOL and new_sq < best_sq * (1.0 - 1e-6)
+            if better or tie_better:
+                best_mk = new_mk
+                best_sq = new_sq
+                best_e = e
+                best_d = d
+                best_s = src
+        for i in range(k):
+            xh[e, i] = saved[i]
+        _apply(e, 1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+    return best_mk, best_sq, best_e, best_d, best_s
+
+
 @nb.njit(cache=True)
 def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integral, max_moves, n_dest, n_exp, deadline):
     """Plan every layer of ``loads [L, G, E]`` (``loads_t``: the same as ``[L, E, G]``; ``nnz``: its
@@ -348,7 +513,7 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
                 vol[r, 0] += in_intra
                 vol[r, 1] += in_inter
             else:
-                _waterfill(e, nt, total[e], hosts, nh[e], xh, comp, p[ALPHA], integral, base, key, order)
+                _waterfill(e, nt, total[e], hosts, nh[e], xh, comp, vol, p, integral, base, key, order)
                 _apply(e, 1.0, nt, is_host, hosts, nh[e], xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
         rep_start = n_rep
         searching = finished and max_moves > 0 and slots > 0
@@ -356,132 +521,51 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
             finished = False
             searching = False
         mk, sq = _score(comp, vol, p)
+        swaps = 0
         while searching and moves[lay] < max_moves:
-            # bottlenecks: slowest compute rank, slowest link rank
-            rc = 0
-            rm = 0
-            cm_best = -1.0
-            for r in range(g):
-                if comp[r] > comp[rc]:
-                    rc = r
-                c = link_time_us(vol[r, 0], vol[r, 1], vol[r, 2], vol[r, 3], p[TOK_INTRA], p[TOK_INTER])
-                if c > cm_best:
-                    cm_best = c
-                    rm = r
-            # candidates: (a) heaviest experts on the compute bottleneck and (b) most-received experts
-            # on the link bottleneck, each copied to cheap ranks; (c) experts the link bottleneck
-            # sends most, copied onto it
-            n_cand = 0
-            for kind in range(3):
-                r0 = rc if kind == 0 else rm
-                if kind == 2 and used[r0] >= slots:
-                    continue
-                for _ in range(n_exp):
-                    be = -1
-                    bv = 0.0
-                    if kind < 2:
-                        for j in range(rank_cnt[r0]):
-                            e = rank_exp[r0, j]
-                            if nh[e] >= g:
-                                continue
-                            v = 0.0
-                            for i in range(nh[e]):
-                                if hosts[e, i] == r0:
-                                    v = xh[e, i] if kind == 0 else xh[e, i] - nt[e, r0]
-                            if v > bv:
-                                dup = False
-                                for c in range(n_cand):
-                                    if cand_e[c] == e and cand_d[c] < 0:
-                                        dup = True
-                                if not dup:
-                                    bv = v
-                                    be = e
-                    else:
-                        row = n[r0]
-                        for e in range(e_all):
-                            if row[e] > bv and not is_host[e, r0]:
-                                dup = False
-                                for c in range(n_cand):
-                                    if cand_e[c] == e and cand_d[c] == r0:
-                                        dup = True
-                                if not dup:
-                                    bv = row[e]
-                                    be = e
-                    if be < 0:
-                        break
-                    cand_e[n_cand] = be
-                    cand_d[n_cand] = r0 if kind == 2 else -1
-                    n_cand += 1
-            best_mk = mk
-            best_sq = sq
-            best_e = -1
-            best_d = -1
-            best_s = -1
-            for c in range(n_cand):
-                e = cand_e[c]
-                if cand_d[c] >= 0:
-                    dest[0] = cand_d[c]
-                    nd = 1
-                else:
-                    nd = _cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies, win, p,
-                                         comp, vol, n_dest, dest, dest_cost)
-                if nd == 0:
-                    continue
-                k = nh[e]
-                for i in range(k):
-                    saved[i] = xh[e, i]
-                _apply(e, -1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
-                comp0[:] = comp
-                vol0[:, :] = vol
-                for j in range(nd):
-                    d = dest[j]
-                    src = _copy_source(e, d, nat_cnt, hosts, node_of, copies, win, p)
-                    if src < 0:
+            best_mk, best_sq, best_e, best_d, best_s = _search(
+                mk, sq, g, e_all, n_exp, n_dest, slots, integral, n, nt, total, is_host, hosts, nh, nat_cnt, xh,
+                rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, comp, vol, comp0, vol0, rem, quota, o_src,
+                o_dst, o_amt, base, key, order, saved, cand_e, cand_d, dest, dest_cost)
+            if best_e < 0 and swaps < g:
+                # stuck: the bottleneck's copies may have gone to the wrong experts (a source's window
+                # holds few copies). Try taking back one copy sent by the compute bottleneck and
+                # spending the freed window better; keep the swap only if it beats the current plan.
+                rc = 0
+                for r in range(g):
+                    if comp[r] > comp[rc]:
+                        rc = r
+                for i in range(rep_start, n_rep):
+                    if rep[i, 2] != rc:
                         continue
-                    hosts[e, k] = d
-                    is_host[e, d] = True
-                    xh[e, k] = 0.0
-                    _waterfill(e, nt, total[e], hosts, k + 1, xh, comp, p[ALPHA], integral, base, key, order)
-                    _apply(e, 1.0, nt, is_host, hosts, k + 1, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
-                    new_mk, new_sq = _score(comp, vol, p)
-                    comp[:] = comp0
-                    vol[:, :] = vol0
-                    is_host[e, d] = False
-                    better = new_mk < best_mk * (1.0 - _TOL) - _TOL
-                    tie_better = new_mk <= best_mk * (1.0 + _TOL) + _TOL and new_sq < best_sq * (1.0 - 1e-6)
-                    if better or tie_better:
-                        best_mk = new_mk
-                        best_sq = new_sq
-                        best_e = e
-                        best_d = d
-                        best_s = src
-                for i in range(k):
-                    xh[e, i] = saved[i]
-                _apply(e, 1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+                    e_i, d_i = rep[i, 1], rep[i, 3]
+                    _remove_copy(e_i, rc, d_i, integral, nt, total, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt,
+                                 used, copies, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt, base, key, order)
+                    cand = _search(mk, 0.0, g, e_all, n_exp, n_dest, slots, integral, n, nt, total, is_host, hosts, nh,
+                                   nat_cnt, xh, rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, comp, vol, comp0,
+                                   vol0, rem, quota, o_src, o_dst, o_amt, base, key, order, saved, cand_e, cand_d, dest,
+                                   dest_cost)
+                    if cand[2] >= 0 and not (cand[2] == e_i and cand[3] == d_i):
+                        best_mk, best_sq, best_e, best_d, best_s = cand
+                        rep[i, :] = rep[n_rep - 1, :]  # the taken-back copy leaves the list
+                        n_rep -= 1
+                        moves[lay] -= 1
+                        swaps += 1
+                        break
+                    _add_copy(e_i, rc, d_i, integral, nt, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used,
+                              copies, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt, base, key, order)
             if best_e < 0:
                 break
-            e = best_e
-            k = nh[e]
-            _apply(e, -1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
-            hosts[e, k] = best_d
-            is_host[e, best_d] = True
-            nh[e] = k + 1
-            _waterfill(e, nt, total[e], hosts, k + 1, xh, comp, p[ALPHA], integral, base, key, order)
-            _apply(e, 1.0, nt, is_host, hosts, k + 1, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
-            link = 0 if node_of[best_s] == node_of[best_d] else 1
-            copies[best_d, link] += 1.0
-            copies[best_s, 2 + link] += 1.0
-            used[best_d] += 1
-            rank_exp[best_d, rank_cnt[best_d]] = e
-            rank_cnt[best_d] += 1
+            _add_copy(best_e, best_s, best_d, integral, nt, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used,
+                      copies, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt, base, key, order)
             rep[n_rep, 0] = lay
-            rep[n_rep, 1] = e
+            rep[n_rep, 1] = best_e
             rep[n_rep, 2] = best_s
             rep[n_rep, 3] = best_d
             n_rep += 1
             moves[lay] += 1
             mk, sq = _score(comp, vol, p)
-            if moves[lay] % 4 == 0 and _now() > deadline:
+            if (moves[lay] + swaps) % 4 == 0 and _now() > deadline:
                 finished = False
                 break
         # emit this layer's routing: local tokens first, then the remote mapping
