@@ -58,8 +58,9 @@ def reference_lp_value(loads: np.ndarray, topo: Topology, windows_us: np.ndarray
             cons += [Tm >= tau[k] * sum(v_out)] if v_out else []
             c_in = [z[c] for c in copies if c[2] == r and link(c[1], r) == k]
             c_out = [z[c] for c in copies if c[1] == r and link(r, c[2]) == k]
-            cons += [kappa[k] * sum(c_in) <= windows_us[r]] if c_in and np.isfinite(windows_us[r]) else []
-            cons += [kappa[k] * sum(c_out) <= windows_us[r]] if c_out and np.isfinite(windows_us[r]) else []
+            fit = np.floor(windows_us[r] / kappa[k] * (1 + 1e-9) + 1e-9)  # copies over k that fit the window
+            cons += [sum(c_in) <= fit] if c_in and np.isfinite(windows_us[r]) else []
+            cons += [sum(c_out) <= fit] if c_out and np.isfinite(windows_us[r]) else []
         slots = [z[c] for c in copies if c[2] == r]
         cons += [sum(slots) <= topo.slots] if slots else []
     cons += [Tm >= 0, Tc >= 0]

@@ -215,11 +215,13 @@ def _copy_rows(rows: _Rows, topo, windows_us, params, copies, host_id, z0, a0) -
         rows.add(z0 + np.arange(C), np.ones(C), pair_er, np.full(npair, -np.inf), np.ones(npair))
         # slots
         rows.add(z0 + np.arange(C), np.ones(C), cr, np.full(g, -np.inf), np.full(g, float(topo.slots)))
-        # windows on both ends, per link kind
+        # windows on both ends, per link kind. Every copy over one link kind costs the same, so
+        # kappa_k Σ z <= W is Σ z <= floor(W / kappa_k): the same integer points, a tighter LP.
         kinter = (node[cu] != node[cr]).astype(np.int64)
-        unit = np.where(kinter == 1, params.copy_inter_us, params.copy_intra_us)
+        units = np.array([params.copy_intra_us, params.copy_inter_us])
+        cap = np.floor(np.minimum(windows_us[:, None] / units[None, :], C) * (1 + 1e-9) + 1e-9).ravel()  # [G*2]
         for rank in (cr, cu):
-            rows.add(z0 + np.arange(C), unit, rank * 2 + kinter, np.full(2 * g, -np.inf), np.repeat(windows_us, 2))
+            rows.add(z0 + np.arange(C), np.ones(C), rank * 2 + kinter, np.full(2 * g, -np.inf), cap)
 
 
 def _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral) -> LayerModel:
