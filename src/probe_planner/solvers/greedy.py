@@ -19,10 +19,10 @@ def kernel_params(prob: Problem, comm_weight: float = 2.0) -> np.ndarray:
 
 
 def run_kernel(prob: Problem, max_moves: int, n_dest: int = 4, n_exp: int = 2,
-               comm_weight: float | None = None) -> SolverResult:
+               comm_weight: float | None = None, max_swaps: int = 0) -> SolverResult:
     topo = prob.topology
-    for name, v in (("max_moves", max_moves), ("n_dest", n_dest), ("n_exp", n_exp)):
-        if int(v) != v or v < (0 if name == "max_moves" else 1):
+    for name, v in (("max_moves", max_moves), ("n_dest", n_dest), ("n_exp", n_exp), ("max_swaps", max_swaps)):
+        if int(v) != v or v < (1 if name in ("n_dest", "n_exp") else 0):
             raise SolverError(f"greedy option {name} must be a non-negative integer (n_dest, n_exp >= 1), got {v!r}")
     if comm_weight is None:
         comm_weight = 0.0 if topo.num_nodes == 1 else 2.0
@@ -30,7 +30,7 @@ def run_kernel(prob: Problem, max_moves: int, n_dest: int = 4, n_exp: int = 2,
     rep, ridx, rtok, moves, finished = plan_layers(
         prob.loads, loads_t, int(np.count_nonzero(prob.loads)), topo.native, topo.node_of, topo.ranks_per_node,
         kernel_params(prob, comm_weight), topo.slots, prob.windows_us, prob.integral, int(max_moves), int(n_dest),
-        int(n_exp), prob.deadline)
+        int(n_exp), int(max_swaps), prob.deadline)
     return SolverResult(rep, ridx, rtok, {"moves": moves, "finished": bool(finished)})
 
 
@@ -44,7 +44,7 @@ def prepare() -> None:
         z = np.zeros((1, 1, 1))
         native = np.ones((1, 1), dtype=bool)
         native.setflags(write=False)  # same array types as Topology.native, so the same specialization
-        plan_layers(z, z, 0, native, np.zeros(1, np.int64), 1, np.ones(8), 1, np.zeros(1), True, 1, 1, 1, float("inf"))
+        plan_layers(z, z, 0, native, np.zeros(1, np.int64), 1, np.ones(8), 1, np.zeros(1), True, 1, 1, 1, 0, float("inf"))
         _ready = True
 
 
@@ -60,14 +60,16 @@ solve_static.prepare = prepare
 
 @register("greedy")
 def solve_greedy(prob: Problem, max_moves: int | None = None, n_dest: int = 4, n_exp: int = 2,
-                 comm_weight: float | None = None) -> SolverResult:
+                 comm_weight: float | None = None, max_swaps: int = 0) -> SolverResult:
     """Greedy replication: relieve the bottleneck rank move by move while the makespan drops.
 
     max_moves: cap on replicas per layer (default: every slot); n_dest: destinations tried per
     candidate expert; n_exp: candidate experts per bottleneck rank and kind of move; comm_weight:
     weight of a host's link time when splitting an expert's tokens (0: balance compute only;
     default 0 on one node, where NVLink makes compute the scarce resource, and 2 across nodes, where
-    the slower NIC does — measured best on Zipf loads and the Qwen3 trace, bench/greedy_speed.py).
+    the slower NIC does — measured best on Zipf loads and the Qwen3 trace, bench/greedy_speed.py);
+    max_swaps: swap attempts per layer when stuck (take back a copy the compute bottleneck sent and
+    spend its window better): 0-2.5% better makespans for ~2x the time, so off by default.
     """
     topo = prob.topology
     if max_moves is None:
@@ -76,7 +78,7 @@ def solve_greedy(prob: Problem, max_moves: int | None = None, n_dest: int = 4, n
         comm_weight = 0.0 if topo.num_nodes == 1 else 2.0
     if not (comm_weight >= 0 and np.isfinite(comm_weight)):
         raise SolverError(f"greedy option comm_weight must be a finite number >= 0, got {comm_weight!r}")
-    return run_kernel(prob, max_moves, n_dest, n_exp, comm_weight)
+    return run_kernel(prob, max_moves, n_dest, n_exp, comm_weight, max_swaps)
 
 
 solve_greedy.prepare = prepare

@@ -47,9 +47,12 @@ def _waterfill(e, nt, total, hosts, nh, xh, comp, vol, p, integral, base, key, o
     (it is computed there and crosses that host's link). ``comp``/``vol`` must exclude ``e``."""
     alpha = p[ALPHA]
     slope = alpha + p[FILL_W] * p[FILL_TAU]
+    w = p[FILL_W]
     for i in range(nh):
         r = hosts[e, i]
-        base[i] = comp[r] + p[FILL_W] * link_time_us(vol[r, 0], vol[r, 1], vol[r, 2], vol[r, 3], p[TOK_INTRA], p[TOK_INTER])
+        base[i] = comp[r]
+        if w > 0.0:
+            base[i] += w * link_time_us(vol[r, 0], vol[r, 1], vol[r, 2], vol[r, 3], p[TOK_INTRA], p[TOK_INTER])
         key[i] = base[i] + nt[e, r] * alpha
         order[i] = i
     for i in range(1, nh):  # insertion sort by key: nh is small
@@ -422,7 +425,7 @@ def _search(mk, sq, g, e_all, n_exp, n_dest, slots, integral, n, nt, total, is_h
 
 
 @nb.njit(cache=True)
-def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integral, max_moves, n_dest, n_exp, deadline):
+def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integral, max_moves, n_dest, n_exp, max_swaps, deadline):
     """Plan every layer of ``loads [L, G, E]`` (``loads_t``: the same as ``[L, E, G]``; ``nnz``: its
     count of non-zeros, which sizes the output).
 
@@ -527,7 +530,7 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
                 mk, sq, g, e_all, n_exp, n_dest, slots, integral, n, nt, total, is_host, hosts, nh, nat_cnt, xh,
                 rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, comp, vol, comp0, vol0, rem, quota, o_src,
                 o_dst, o_amt, base, key, order, saved, cand_e, cand_d, dest, dest_cost)
-            if best_e < 0 and swaps < g:
+            if best_e < 0 and swaps < max_swaps:
                 # stuck: the bottleneck's copies may have gone to the wrong experts (a source's window
                 # holds few copies). Try taking back one copy sent by the compute bottleneck and
                 # spending the freed window better; keep the swap only if it beats the current plan.
@@ -535,6 +538,8 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
                 for r in range(g):
                     if comp[r] > comp[rc]:
                         rc = r
+                if _copy_fits(rc, False, 0, copies, win, p) or _copy_fits(rc, False, 1, copies, win, p):
+                    break  # rc could still send a copy: its window is not what holds the plan back
                 for i in range(rep_start, n_rep):
                     if rep[i, 2] != rc:
                         continue
