@@ -260,7 +260,8 @@ def _milp_layers(prob: Problem, parts: list[LayerParts], backend: str, mip_rel_g
         if skip_small and left < _SECONDS_PER_COLUMN * model_size(prob, lay):
             continue
         m = build_layer_model(prob.loads[lay], prob.topology, prob.windows_us, prob.params, integral_flows=prob.integral)
-        sol = solve_backend(m, 0.85 * _remaining(prob.deadline) / (L - lay),  # margin: solvers overrun a little warm=warm_start(m, prob, lay, parts[lay]),
+        # 15% margin: backends overrun their limit a little, and the answer must still be extracted
+        sol = solve_backend(m, 0.85 * _remaining(prob.deadline) / (L - lay), warm=warm_start(m, prob, lay, parts[lay]),
                             mip_rel_gap=mip_rel_gap)
         bounds[lay] = sol.bound
         if sol.x is not None:
