@@ -118,3 +118,22 @@ def test_unknown_backend():
     topo = make_topology(1, 2, 2, slots=1)
     with pytest.raises(ValueError, match="unknown MILP backend 'gurobi'"):
         solve(np.ones((2, 4)), topo, Budget(window_us=1.0), solver="milp", backend="gurobi")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nodes, rpn, epr", [(1, 4, 16), (2, 4, 4)])  # 64x4 on one node, 32x8 on two
+def test_milp_mid_size_both_backends_prove_the_same_optimum(nodes, rpn, epr):
+    topo = make_topology(nodes, rpn, epr, slots=2)
+    g, e = nodes * rpn, nodes * rpn * epr
+    rng = np.random.default_rng(1)
+    pop = 1 / np.arange(1, e + 1) ** 1.2
+    rng.shuffle(pop)
+    loads = rng.poisson(pop / pop.mean() * 60, size=(g, e)).astype(float)
+    window = 2.5 * Problem.build(loads, topo, Budget(window_us=1.0)).params.copy_intra_us
+    budget = Budget(window_us=window, time_limit_s=120.0)
+    plans = [solve(loads, topo, budget, solver="milp", backend=b) for b in ("highs", "ortools")]
+    greedy = solve(loads, topo, budget, solver="greedy")
+    for plan in plans:
+        assert plan.status == "optimal"
+        assert plan.makespan_us <= greedy.makespan_us * (1 + 1e-9)
+    assert plans[0].makespan_us == pytest.approx(plans[1].makespan_us, rel=3e-4)
