@@ -28,11 +28,14 @@ def test_solve_npy_and_json(tmp_path, capsys):
                  "--window-us", "150", "--out", str(out)])
     assert code == 0
     text = capsys.readouterr().out
-    assert "lower bound" in text and "greedy" in text
+    assert "bound" in text and "greedy" in text
     assert load_plan(out).solver == "greedy"
     (tmp_path / "l.json").write_text(json.dumps({"loads": loads.sum(0).tolist()}))
     assert main(["solve", str(tmp_path / "l.json"), "--cluster", "h200x8", "--model", "qwen3-30b-a3b",
                  "--window-us", "50", "--solver", "static"]) == 0
+    assert main(["solve", str(tmp_path / "l.npy"), "--cluster", "h100x8", "--model", "qwen3-30b-a3b",
+                 "--window-us", "150", "--solver", "auto", "--backend", "ortools", "--time-limit-s", "0.2"]) == 0
+    assert "auto" in capsys.readouterr().out
 
 
 def test_solve_reports_bad_input(tmp_path, capsys):
