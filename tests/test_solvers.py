@@ -115,3 +115,11 @@ def test_solve_time_recorded(name):
     topo = make_topology(1, 2, 2, slots=1)
     plan = solve(np.ones((2, 4)), topo, Budget(window_us=1.0), solver=name)
     assert 0 < plan.solve_time_s < 60
+
+
+def test_more_slots_than_experts_is_fine():
+    topo = make_topology(1, 4, 2, slots=1000)
+    loads = np.full((4, 8), 5.0)
+    loads[:, 0] = 900
+    plan = solve(np.stack([loads] * 3), topo, Budget(window_us=np.inf), solver="greedy")
+    assert 1 <= plan.num_replicas <= 3 * 4 * 8

@@ -470,14 +470,14 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
     dest_cost = np.zeros(n_dest)
     saved = np.zeros(g)
 
-    rep = np.empty((max(n_layers * g * slots, 1), 4), np.int64)
+    rep = np.empty((max(n_layers * g * min(slots, e_all), 1), 4), np.int64)  # a rank copies each expert once at most
     n_rep = 0
     # a (source, expert) pair is local or remote; each remote entry zeroes a source, exhausts a
     # host's quota, or (fractional loads only) carries float residue
     n_nat = 0
     for e in range(e_all):
         n_nat += nat_cnt[e]
-    cap = (1 if integral else 2) * nnz + 2 * n_layers * (n_nat + g * slots) + 4 * g + 4
+    cap = (1 if integral else 2) * nnz + 2 * n_layers * (n_nat + g * min(slots, e_all)) + 4 * g + 4
     ridx = np.empty((cap, 4), np.int64)
     rtok = np.empty(cap)
     n_route = 0
