@@ -105,12 +105,8 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
     g, e_all = loads.shape
     node = topo.node_of
     n_e = loads.sum(axis=0)
-    copies, possible = _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts)
-    # hosts (e, r) worth modelling: experts with tokens only
-    h_e, h_r = np.nonzero((possible & (n_e > 0)[None, :]).T)
-    hosts = np.stack([h_e, h_r], axis=1)
-    host_id = -np.ones((e_all, g), dtype=np.int64)
-    host_id[h_e, h_r] = np.arange(h_e.size)
+    copies, hosts, host_id = _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts)
+    h_e, h_r = hosts.T
     # flows: every source with tokens of e x every possible host of e
     s_idx, e_idx = np.nonzero(loads)
     per = np.bincount(h_e, minlength=e_all)[e_idx]
@@ -124,22 +120,9 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
 
     C, F, H = copies.shape[0], flows.shape[0], hosts.shape[0]
     z0, y0, a0 = 0, C, C + F
-    t0 = a0 + H
-    tm, tc = t0 + H, t0 + H + 1
-    ncols = tc + 1
-    c = np.zeros(ncols)
-    c[tm], c[tc] = 2.0, 1.0
-    col_lo = np.zeros(ncols)
-    col_hi = np.full(ncols, np.inf)
-    col_hi[z0:y0] = 1.0
-    col_hi[a0:t0] = 1.0
-    integer = np.zeros(ncols, dtype=bool)
-    integer[z0:y0] = True
-    integer[a0:t0] = True
-    integer[y0:a0] = integral_flows
-    if fixed_hosts is not None:  # token LP: every host active
-        col_lo[a0:t0] = 1.0
-        integer[:] = False
+    t0, tm, tc, c, col_lo, col_hi, integer = _columns(a0, C, H, fixed_hosts is not None)
+    integer[y0:a0] = integral_flows and fixed_hosts is None
+    ncols = c.size
     rows = _Rows()
 
     # conservation: Σ_r y[s, e, r] = n[s, e]
@@ -182,7 +165,31 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
                       copies=copies, flows=flows, hosts=hosts, z0=z0, y0=y0, a0=a0, t0=t0, tm=tm, tc=tc)
 
 
+def _columns(a0: int, C: int, H: int, token_lp: bool):
+    """The layout both forms share: copies ``z`` at 0..C (binary), the form's token columns up to
+    ``a0``, then ``a`` (binary; fixed to 1 in the token LP) and ``t`` per host, then ``Tm``, ``Tc``.
+    Returns ``(t0, tm, tc, cost, col_lo, col_hi, integer)``."""
+    t0 = a0 + H
+    tm, tc = t0 + H, t0 + H + 1
+    ncols = tc + 1
+    c = np.zeros(ncols)
+    c[tm], c[tc] = 2.0, 1.0
+    col_lo = np.zeros(ncols)
+    col_hi = np.full(ncols, np.inf)
+    col_hi[:C] = 1.0
+    col_hi[a0:t0] = 1.0
+    integer = np.zeros(ncols, dtype=bool)
+    if token_lp:  # every host active
+        col_lo[a0:t0] = 1.0
+    else:
+        integer[:C] = True
+        integer[a0:t0] = True
+    return t0, tm, tc, c, col_lo, col_hi, integer
+
+
 def _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts):
+    """Candidate copies ``[C, 3]``, possible hosts ``[H, 2]`` (expert, rank) of experts with tokens,
+    sorted by expert then rank, and ``host_id [E, G]`` (their index, -1 elsewhere)."""
     if fixed_hosts is None:
         copies = candidate_copies(topo, windows_us, params)
         copies = copies[n_e[copies[:, 0]] > 0]  # copying an idle expert never helps
@@ -191,7 +198,10 @@ def _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts):
     else:
         copies = np.zeros((0, 3), dtype=np.int64)
         possible = np.asarray(fixed_hosts, dtype=bool) | topo.native
-    return copies, possible
+    h_e, h_r = np.nonzero((possible & (n_e > 0)[None, :]).T)
+    host_id = -np.ones(possible.T.shape, dtype=np.int64)
+    host_id[h_e, h_r] = np.arange(h_e.size)
+    return copies, np.stack([h_e, h_r], axis=1), host_id
 
 
 def _copy_rows(rows: _Rows, topo, windows_us, params, copies, host_id, z0, a0) -> None:
@@ -232,33 +242,17 @@ def _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral) ->
     so the form is exact; :func:`node_flows` turns a solution back into per-source routes."""
     g, e_all = loads.shape
     n_e = loads.sum(axis=0)
-    copies, possible = _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts)
-    h_e, h_r = np.nonzero((possible & (n_e > 0)[None, :]).T)
-    hosts = np.stack([h_e, h_r], axis=1)
-    host_id = -np.ones((e_all, g), dtype=np.int64)
-    host_id[h_e, h_r] = np.arange(h_e.size)
+    copies, hosts, host_id = _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts)
+    h_e, h_r = hosts.T
     C, H = copies.shape[0], hosts.shape[0]
     z0, p0 = 0, C
     l0 = p0 + H
     a0 = l0 + H
-    t0 = a0 + H
-    tm, tc = t0 + H, t0 + H + 1
-    ncols = tc + 1
-    c = np.zeros(ncols)
-    c[tm], c[tc] = 2.0, 1.0
-    col_lo = np.zeros(ncols)
-    col_hi = np.full(ncols, np.inf)
-    col_hi[z0:p0] = 1.0
-    col_hi[a0:t0] = 1.0
+    t0, tm, tc, c, col_lo, col_hi, integer = _columns(a0, C, H, fixed_hosts is not None)
     n_loc = loads[h_r, h_e]
     col_hi[l0:a0] = n_loc
-    integer = np.zeros(ncols, dtype=bool)
-    integer[z0:p0] = True
-    integer[a0:t0] = True
-    integer[p0:a0] = integral
-    if fixed_hosts is not None:
-        col_lo[a0:t0] = 1.0
-        integer[:] = False
+    integer[p0:a0] = integral and fixed_hosts is None
+    ncols = c.size
     rows = _Rows()
     hh = np.arange(H)
     experts = np.unique(h_e)
