@@ -2,14 +2,16 @@
 rounded placement, exact token LP) and ``lp-tokens`` (token-assignment LP on a fixed placement).
 
 Every solver here starts from the greedy plan (valid in microseconds), never returns anything worse
-than it, and treats running out of time as a status. Tokens are continuous in the models; routes are
-made integral afterwards by largest remainder per (source, expert), which keeps every sum exact.
+than it, and treats running out of time as a status. The MILP models whole tokens when the loads are
+integral; the LPs do not, and their routes are made integral by largest remainder per (source,
+expert), which keeps every sum exact. Each result is re-scored with the cost model.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,12 +26,15 @@ from .milp_model import LayerModel, build_layer_model, candidate_copies, node_fl
 _EPS = 1e-9
 
 
+@dataclass
 class LayerParts:
     """One layer's answer: replicas ``[R, 3]`` (expert, src, dst), routes ``[N, 3]`` (src, expert, dst),
     tokens ``[N]``, and its makespan under the cost model."""
 
-    def __init__(self, replicas: np.ndarray, routes: np.ndarray, tokens: np.ndarray, makespan_us: float) -> None:
-        self.replicas, self.routes, self.tokens, self.makespan_us = replicas, routes, tokens, makespan_us
+    replicas: np.ndarray
+    routes: np.ndarray
+    tokens: np.ndarray
+    makespan_us: float
 
 
 def _layer_makespan(prob: Problem, replicas: np.ndarray, routes: np.ndarray, tokens: np.ndarray) -> float:
