@@ -118,6 +118,8 @@ def warm_start(m: LayerModel, prob: Problem, lay: int, parts: LayerParts) -> np.
     if hpos.size and (np.any(hpos >= hkey.size) or np.any(hkey[np.minimum(hpos, hkey.size - 1)] != e * g + r)):
         return None
     proc = np.bincount(hpos, weights=parts.tokens, minlength=hkey.size)
+    if m.w0 >= 0:  # multi-node node form: no hint (it is only a hint, and only OR-Tools takes one)
+        return None
     if m.flows is None:
         x[m.y0:m.l0] = proc
         x[m.l0:m.a0] = np.bincount(hpos, weights=parts.tokens * (s == r), minlength=hkey.size)
@@ -145,7 +147,7 @@ def _routes(m: LayerModel, prob: Problem, lay: int, x: np.ndarray, replicas: np.
     hosts = prob.topology.native.copy()
     hosts[replicas[:, 2], replicas[:, 0]] = True
     if m.flows is None:
-        flows, y = node_flows(m, x, prob.loads[lay], hosts)
+        flows, y = node_flows(m, x, prob.loads[lay], hosts, prob.topology.node_of)
     else:
         flows, y = m.flows, x[m.y0:m.a0].copy()
         y[~hosts[flows[:, 2], flows[:, 1]]] = 0.0

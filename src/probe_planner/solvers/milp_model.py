@@ -45,7 +45,10 @@ class LayerModel:
     t0: int
     tm: int
     tc: int
-    l0: int = -1  # node form only: local-token columns l[h] follow the processed-token columns p[h]
+    l0: int = -1  # node forms: local-token columns l[h] follow the processed-token columns p[h]
+    w0: int = -1  # multi-node node form: intra-/inter-node received w[h], v[h] (v0 = w0 + H) ...
+    oa0: int = -1  # ... and per (source, expert) pair intra/inter sends oa[q], ob[q] (ob0 = oa0 + P)
+    pairs: np.ndarray | None = None  # [P, 2] (source, expert) for oa/ob
 
     @property
     def num_cols(self) -> int:
@@ -100,8 +103,14 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
     form: ``"flow"`` (per-source flows, any cluster), ``"node"`` (per-host processed and local
     tokens, exact on a single node and several times smaller) or ``"auto"`` (node form on one node).
     """
-    if form == "node" or (form == "auto" and topo.num_nodes == 1):
-        return _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral_flows)
+    if form == "auto":
+        form = "node" if topo.num_nodes == 1 or _node_form_smaller(loads, topo, windows_us, params, fixed_hosts) else "flow"
+    if form == "node":
+        if topo.num_nodes == 1:
+            return _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral_flows)
+        return _build_multinode_model(loads, topo, windows_us, params, fixed_hosts, integral_flows)
+    if form != "flow":
+        raise ValueError(f"form must be 'flow', 'node' or 'auto', got {form!r}")
     g, e_all = loads.shape
     node = topo.node_of
     n_e = loads.sum(axis=0)
@@ -163,6 +172,16 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
     A, row_lo, row_hi = rows.matrix(ncols)
     return LayerModel(c=c, A=A, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, integer=integer,
                       copies=copies, flows=flows, hosts=hosts, z0=z0, y0=y0, a0=a0, t0=t0, tm=tm, tc=tc)
+
+
+def _node_form_smaller(loads, topo, windows_us, params, fixed_hosts) -> bool:
+    """Across nodes the node form has ~6 columns per possible host and 2 per (source, expert); the
+    flow form one per (source, possible host) pair: few hosts per expert favour the flow form."""
+    n_e = loads.sum(axis=0)
+    _, hosts, _ = _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts)
+    per_expert = np.bincount(hosts[:, 0], minlength=loads.shape[1])
+    sources = np.count_nonzero(loads, axis=0)
+    return 6 * hosts.shape[0] + 2 * int(sources.sum()) < int((sources * per_expert).sum()) + 2 * hosts.shape[0]
 
 
 def _columns(a0: int, C: int, H: int, token_lp: bool):
@@ -284,16 +303,139 @@ def _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral) ->
                       copies=copies, flows=None, hosts=hosts, z0=z0, y0=p0, a0=a0, t0=t0, tm=tm, tc=tc, l0=l0)
 
 
-def node_flows(m: LayerModel, x: np.ndarray, loads: np.ndarray, host_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-source flows ``([F, 3] (src, expert, dst), amounts)`` from a node-form solution, grouped by
-    (source, expert). Hosts not in ``host_mask`` (replicas rounded away) process nothing; each
-    expert's processed tokens are rescaled to its load; ``l = min(n, p)`` (keeping local never hurts,
-    and then no rank both sends and receives the expert); remote tokens are paired source to host in
-    rank order (a northwest-corner transport, which never pairs a rank with itself)."""
+def _build_multinode_model(loads, topo, windows_us, params, fixed_hosts, integral) -> LayerModel:
+    """Node form across nodes. Per host: processed ``p = l + w + v`` (local, intra-node and
+    inter-node received); per (source, expert): ``n = l + oa + ob`` (kept, sent within the node,
+    sent to other nodes). Intra sends and receives balance per node; inter sends and receives
+    balance per expert, and no node may need more inter traffic than the others can absorb
+    (``Σ_{s∈N} ob + Σ_{r∈N} v <= T_e``: the transport's Hall condition). A rank that both sends and
+    receives an expert over one link kind can keep its own tokens instead (volumes only drop), so
+    every solution routes at no higher cost: the form is exact. Columns: O(G·E·(1 + copies)) instead
+    of the flow form's O(G²·E)."""
     g, e_all = loads.shape
+    node = topo.node_of
+    k_nodes = topo.num_nodes
+    n_e = loads.sum(axis=0)
+    copies, hosts, host_id = _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts)
+    h_e, h_r = hosts.T
+    s_idx, e_idx = np.nonzero(loads)
+    pairs = np.stack([s_idx, e_idx], axis=1)
+    experts = np.unique(h_e)
+    C, H, P, X = copies.shape[0], hosts.shape[0], pairs.shape[0], experts.size
+    z0, p0 = 0, C
+    l0, w0 = p0 + H, p0 + 2 * H
+    v0 = w0 + H
+    a0 = v0 + H
+    t0, tm, tc, c, col_lo, col_hi, integer = _columns(a0, C, H, fixed_hosts is not None)
+    oa0 = tc + 1
+    ob0 = oa0 + P
+    te0 = ob0 + P
+    ncols = te0 + X
+    extra = ncols - c.size
+    c = np.concatenate([c, np.zeros(extra)])
+    col_lo = np.concatenate([col_lo, np.zeros(extra)])
+    col_hi = np.concatenate([col_hi, np.full(extra, np.inf)])
+    integer = np.concatenate([integer, np.zeros(extra, dtype=bool)])
+    n_loc = loads[h_r, h_e]
+    col_hi[l0:w0] = n_loc
+    whole = integral and fixed_hosts is None
+    integer[p0:a0] = whole
+    integer[oa0:te0] = whole
+    rows = _Rows()
+    hh, qq = np.arange(H), np.arange(P)
+    ones_h, zero_h, neg_h, inf_h = np.ones(H), np.zeros(H), np.full(H, -np.inf), np.full(H, np.inf)
+    x_of_h = np.searchsorted(experts, h_e)
+    rows.add(p0 + hh, ones_h, x_of_h, n_e[experts], n_e[experts])  # Σ_r p = n_e
+    rows.add(np.concatenate([p0 + hh, l0 + hh, w0 + hh, v0 + hh]),  # p = l + w + v
+             np.concatenate([ones_h, -ones_h, -ones_h, -ones_h]), np.tile(hh, 4), zero_h, zero_h)
+    pair2 = np.concatenate([hh, hh])
+    rows.add(np.concatenate([p0 + hh, a0 + hh]), np.concatenate([ones_h, -n_e[h_e]]), pair2, neg_h, zero_h)
+    rows.add(np.concatenate([p0 + hh, l0 + hh, a0 + hh]),
+             np.concatenate([ones_h, -ones_h, -(n_e[h_e] - n_loc)]), np.tile(hh, 3), neg_h, zero_h)
+    rows.add(np.concatenate([l0 + hh, a0 + hh]), np.concatenate([ones_h, -n_loc]), pair2, neg_h, zero_h)
+    # sources: n[s, e] = l + oa + ob (l only where s may host e)
+    q_host = host_id[e_idx, s_idx]
+    has_l = q_host >= 0
+    rhs = loads[s_idx, e_idx]
+    rows.add(np.concatenate([oa0 + qq, ob0 + qq, l0 + q_host[has_l]]),
+             np.ones(2 * P + int(has_l.sum())), np.concatenate([qq, qq, qq[has_l]]), rhs, rhs)
+    # intra balance per (node, expert): Σ_{s∈N} oa = Σ_{r∈N} w
+    ne_q = node[s_idx] * e_all + e_idx
+    ne_h = node[h_r] * e_all + h_e
+    keys = np.unique(np.concatenate([ne_q, ne_h]))
+    rows.add(np.concatenate([oa0 + qq, w0 + hh]), np.concatenate([np.ones(P), -ones_h]),
+             np.concatenate([np.searchsorted(keys, ne_q), np.searchsorted(keys, ne_h)]),
+             np.zeros(keys.size), np.zeros(keys.size))
+    # inter totals and the Hall condition per (node, expert)
+    x_of_q = np.searchsorted(experts, e_idx)
+    rows.add(np.concatenate([ob0 + qq, te0 + np.arange(X)]), np.concatenate([np.ones(P), -np.ones(X)]),
+             np.concatenate([x_of_q, np.arange(X)]), np.zeros(X), np.zeros(X))
+    rows.add(np.concatenate([v0 + hh, te0 + np.arange(X)]), np.concatenate([ones_h, -np.ones(X)]),
+             np.concatenate([x_of_h, np.arange(X)]), np.zeros(X), np.zeros(X))
+    nk = X * k_nodes
+    row_q = x_of_q * k_nodes + node[s_idx]
+    row_h = x_of_h * k_nodes + node[h_r]
+    rows.add(np.concatenate([ob0 + qq, v0 + hh, np.repeat(te0 + np.arange(X), k_nodes)]),
+             np.concatenate([np.ones(P), ones_h, -np.ones(nk)]),
+             np.concatenate([row_q, row_h, np.arange(nk)]), np.full(nk, -np.inf), np.zeros(nk))
+    # roofline and the compute phase
+    rows.add(np.concatenate([t0 + hh, p0 + hh]), np.concatenate([ones_h, -params.alpha_us * ones_h]), pair2, zero_h, inf_h)
+    rows.add(np.concatenate([t0 + hh, a0 + hh]), np.concatenate([ones_h, -params.beta_us * ones_h]), pair2, zero_h, inf_h)
+    ranks = np.arange(g)
+    rows.add(np.concatenate([np.full(g, tc), t0 + hh]), np.concatenate([np.ones(g), -ones_h]),
+             np.concatenate([ranks, h_r]), np.zeros(g), np.full(g, np.inf))
+    # all-to-all: Tm >= tau_k x (received or sent over link k) for every rank
+    for col0, tau, owner, n_cols in ((w0, params.tok_intra_us, h_r, H), (v0, params.tok_inter_us, h_r, H),
+                                     (oa0, params.tok_intra_us, s_idx, P), (ob0, params.tok_inter_us, s_idx, P)):
+        rows.add(np.concatenate([np.full(g, tm), col0 + np.arange(n_cols)]),
+                 np.concatenate([np.ones(g), -tau * np.ones(n_cols)]),
+                 np.concatenate([ranks, owner]), np.zeros(g), np.full(g, np.inf))
+    _copy_rows(rows, topo, windows_us, params, copies, host_id, z0, a0)
+    A, row_lo, row_hi = rows.matrix(ncols)
+    return LayerModel(c=c, A=A, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, integer=integer,
+                      copies=copies, flows=None, hosts=hosts, z0=z0, y0=p0, a0=a0, t0=t0, tm=tm, tc=tc, l0=l0,
+                      w0=w0, oa0=oa0, pairs=pairs)
+
+
+def _northwest(src_ranks, supply, dst_ranks, demand, e, out, tol) -> None:
+    """Pair supplies with demands in list order (a northwest-corner transport), appending
+    ``(src, e, dst, amount)`` to ``out``. Consumes ``supply`` and ``demand`` in place."""
+    i = j = 0
+    while i < len(src_ranks) and j < len(dst_ranks):
+        a = min(supply[i], demand[j])
+        if a > tol:
+            out.append((src_ranks[i], e, dst_ranks[j], a))
+        supply[i] -= a
+        demand[j] -= a
+        if supply[i] <= tol:
+            i += 1
+        if demand[j] <= tol:
+            j += 1
+
+
+def _flows_array(out) -> tuple[np.ndarray, np.ndarray]:
+    if not out:
+        return np.zeros((0, 3), dtype=np.int64), np.zeros(0)
+    arr = np.array(out, dtype=np.float64)
+    flows = arr[:, :3].astype(np.int64)
+    order = np.lexsort((flows[:, 2], flows[:, 1], flows[:, 0]))
+    return flows[order], arr[order, 3]
+
+
+def node_flows(m: LayerModel, x: np.ndarray, loads: np.ndarray, host_mask: np.ndarray,
+               node_of: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-source flows ``([F, 3] (src, expert, dst), amounts)`` from a node-form solution, grouped by
+    (source, expert). Hosts not in ``host_mask`` (replicas rounded away) process nothing.
+
+    One node: each expert's processed tokens are rescaled to its load; ``l = min(n, p)`` (keeping
+    local never hurts, and then no rank both sends and receives the expert); remote tokens are
+    paired source to host in rank order (a northwest-corner transport, never a rank with itself).
+    Several nodes: see :func:`_multinode_flows`."""
+    if m.w0 >= 0:
+        return _multinode_flows(m, x, loads, host_mask, node_of)
     h_e, h_r = m.hosts[:, 0], m.hosts[:, 1]
     p = np.maximum(x[m.y0:m.l0], 0.0) * host_mask[h_r, h_e]
-    out_s, out_e, out_r, out_y = [], [], [], []
+    out = []
     for e in np.unique(h_e):
         sel = np.flatnonzero(h_e == e)
         n_col = loads[:, e]
@@ -307,24 +449,88 @@ def node_flows(m: LayerModel, x: np.ndarray, loads: np.ndarray, host_mask: np.nd
         supply = n_col.copy()
         supply[ranks] -= loc
         demand = pe - loc
-        for r, v in zip(ranks, loc, strict=True):
-            if v > 0:
-                out_s.append(r), out_e.append(e), out_r.append(r), out_y.append(v)
-        i = j = 0
-        srcs = np.flatnonzero(supply > 1e-12 * max(1.0, n_col.sum()))
-        dsts = np.flatnonzero(demand > 1e-12 * max(1.0, n_col.sum()))
-        while i < srcs.size and j < dsts.size:
-            s_, d_ = srcs[i], dsts[j]
-            a = min(supply[s_], demand[d_])
-            out_s.append(s_), out_e.append(e), out_r.append(ranks[d_]), out_y.append(a)
-            supply[s_] -= a
-            demand[d_] -= a
-            if supply[s_] <= 1e-12 * max(1.0, n_col.sum()):
-                i += 1
-            if demand[d_] <= 1e-12 * max(1.0, n_col.sum()):
-                j += 1
-    flows = np.stack([np.array(out_s, dtype=np.int64), np.array(out_e, dtype=np.int64), np.array(out_r, dtype=np.int64)], axis=1) \
-        if out_s else np.zeros((0, 3), dtype=np.int64)
-    y = np.array(out_y, dtype=np.float64)
-    order = np.lexsort((flows[:, 2], flows[:, 1], flows[:, 0]))
-    return flows[order], y[order]
+        out.extend((r, e, r, v) for r, v in zip(ranks, loc, strict=True) if v > 0)
+        tol = 1e-12 * max(1.0, n_col.sum())
+        srcs = np.flatnonzero(supply > tol)
+        dsts = np.flatnonzero(demand > tol)
+        _northwest(srcs, supply[srcs], ranks[dsts], demand[dsts], e, out, tol)
+    return _flows_array(out)
+
+
+def _multinode_flows(m: LayerModel, x: np.ndarray, loads: np.ndarray, host_mask: np.ndarray,
+                     node_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Routes from a multi-node node-form solution. Per expert: a rank that both sends and receives
+    within its node keeps its own tokens instead (volumes only drop; the node balance holds); then
+    intra-node sends meet intra-node receives by a northwest-corner transport inside each node,
+    which never pairs a rank with itself; inter-node sends meet receives by one across nodes, nodes
+    listed with the busiest (sends + receives) first on the sending side and last on the receiving
+    side, which keeps most nodes off themselves (checked: if a pair stays inside a node, a small LP
+    places the inter traffic instead; the model's Hall rows make one exist). Inter traffic needs no
+    per-rank reduction: its pairs always join different nodes."""
+    H = m.hosts.shape[0]
+    P = m.pairs.shape[0]
+    h_e, h_r = m.hosts[:, 0], m.hosts[:, 1]
+    keep = host_mask[h_r, h_e].astype(np.float64)
+    l = np.maximum(x[m.l0:m.w0], 0.0) * keep
+    w = np.maximum(x[m.w0:m.w0 + H], 0.0) * keep
+    v = np.maximum(x[m.w0 + H:m.w0 + 2 * H], 0.0) * keep
+    oa = np.maximum(x[m.oa0:m.oa0 + P], 0.0)
+    ob = np.maximum(x[m.oa0 + P:m.oa0 + 2 * P], 0.0)
+    q_s, q_e = m.pairs[:, 0], m.pairs[:, 1]
+    by_e_q = np.argsort(q_e, kind="stable")
+    q_starts = np.searchsorted(q_e[by_e_q], np.arange(loads.shape[1] + 1))
+    out = []
+    for e in np.unique(h_e):
+        sel = np.flatnonzero(h_e == e)
+        qs = by_e_q[q_starts[e]:q_starts[e + 1]]
+        tol = 1e-12 * max(1.0, loads[:, e].sum())
+        ranks = h_r[sel]
+        le, we, ve = l[sel].copy(), w[sel].copy(), v[sel].copy()
+        src = q_s[qs]
+        oae, obe = oa[qs].copy(), ob[qs].copy()
+        pos = {int(r): i for i, r in enumerate(src)}
+        for i, r in enumerate(ranks):  # a rank both sending and receiving within its node keeps its tokens
+            j = pos.get(int(r))
+            if j is not None:
+                d = min(oae[j], we[i])
+                oae[j] -= d
+                we[i] -= d
+                le[i] += d
+        out.extend((r, e, r, a) for r, a in zip(ranks, le, strict=True) if a > tol)
+        for nd in np.unique(node_of[np.concatenate([src, ranks])]):  # intra-node, per node
+            si = np.flatnonzero((node_of[src] == nd) & (oae > tol))
+            di = np.flatnonzero((node_of[ranks] == nd) & (we > tol))
+            _northwest(src[si], oae[si], ranks[di], we[di], e, out, tol)
+        si = np.flatnonzero(obe > tol)
+        di = np.flatnonzero(ve > tol)
+        if si.size and di.size:
+            busy = np.bincount(node_of[src[si]], weights=obe[si], minlength=node_of.max() + 1) + \
+                np.bincount(node_of[ranks[di]], weights=ve[di], minlength=node_of.max() + 1)
+            top = int(np.argmax(busy))
+            s_order = si[np.lexsort((src[si], node_of[src[si]] != top))]  # busiest node first
+            d_order = di[np.lexsort((ranks[di], node_of[ranks[di]] == top))]  # busiest node last
+            inter = []
+            _northwest(src[s_order], obe[s_order].copy(), ranks[d_order], ve[d_order].copy(), e, inter, tol)
+            if any(node_of[a] == node_of[b] for a, _, b, _ in inter):
+                inter = _inter_by_lp(src[si], obe[si], ranks[di], ve[di], e, node_of, tol)
+            out.extend(inter)
+    return _flows_array(out)
+
+
+def _inter_by_lp(src, supply, dst, demand, e, node_of, tol):
+    """Inter-node transport with no pair inside one node, as a small LP (fallback only)."""
+    from scipy.optimize import linprog
+
+    allowed = [(i, j) for i in range(len(src)) for j in range(len(dst)) if node_of[src[i]] != node_of[dst[j]]]
+    if not allowed:
+        return []
+    a_eq = np.zeros((len(src) + len(dst), len(allowed)))
+    for k, (i, j) in enumerate(allowed):
+        a_eq[i, k] = 1.0
+        a_eq[len(src) + j, k] = 1.0
+    total = min(supply.sum(), demand.sum())
+    b = np.concatenate([supply * total / supply.sum(), demand * total / demand.sum()])
+    res = linprog(np.zeros(len(allowed)), A_eq=a_eq, b_eq=b, bounds=(0, None), method="highs")
+    if res.x is None:
+        return []
+    return [(src[i], e, dst[j], a) for (i, j), a in zip(allowed, res.x, strict=True) if a > tol]
