@@ -21,7 +21,7 @@ from ..problem import Problem
 from . import SolverResult, register
 from .greedy import prepare, run_kernel
 from .lp_backends import ModelSolution, get_backend, solve_highs
-from .milp_model import LayerModel, build_layer_model, candidate_copies, node_flows
+from .milp_model import LayerModel, build_layer_model, model_columns, node_flows
 
 _EPS = 1e-9
 
@@ -236,17 +236,10 @@ def _finish(prob: Problem, parts: list[LayerParts], bounds: np.ndarray, proven: 
 
 
 def model_size(prob: Problem, lay: int, copies: bool = True) -> int:
-    """Columns the layer's MILP (or, ``copies=False``, its token LP) would have, without building it."""
-    topo = prob.topology
-    n_e = prob.loads[lay].sum(axis=0)
-    if copies:
-        copies = candidate_copies(topo, prob.windows_us, prob.params)
-        copies = copies[n_e[copies[:, 0]] > 0]
-    else:
-        copies = np.zeros((0, 3), dtype=np.int64)
-    hosts = topo.native.sum(axis=0) + np.bincount(copies[:, 0], minlength=topo.num_experts)
-    sources = np.count_nonzero(prob.loads[lay], axis=0)
-    return int((sources * hosts).sum() + 2 * hosts.sum() + copies.shape[0])
+    """Columns the layer's MILP (or, ``copies=False``, its token LP on the native placement) would
+    have, without building it."""
+    fixed = None if copies else prob.topology.native
+    return model_columns(prob.loads[lay], prob.topology, prob.windows_us, prob.params, fixed)
 
 
 # Measured on a 2-core CI-class machine: building costs ~0.3 us per column and HiGHS, which cannot

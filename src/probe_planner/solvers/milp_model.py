@@ -174,14 +174,30 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
                       copies=copies, flows=flows, hosts=hosts, z0=z0, y0=y0, a0=a0, t0=t0, tm=tm, tc=tc)
 
 
-def _node_form_smaller(loads, topo, windows_us, params, fixed_hosts) -> bool:
-    """Across nodes the node form has ~6 columns per possible host and 2 per (source, expert); the
-    flow form one per (source, possible host) pair: few hosts per expert favour the flow form."""
+def _form_columns(loads, topo, windows_us, params, fixed_hosts) -> tuple[int, int]:
+    """``(flow form, node form)`` column counts, without building either. Across nodes the node
+    form has ~6 columns per possible host and 2 per (source, expert), the flow form one per (source,
+    possible host) pair: few hosts per expert favour the flow form."""
     n_e = loads.sum(axis=0)
-    _, hosts, _ = _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts)
+    copies, hosts, _ = _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts)
     per_expert = np.bincount(hosts[:, 0], minlength=loads.shape[1])
     sources = np.count_nonzero(loads, axis=0)
-    return 6 * hosts.shape[0] + 2 * int(sources.sum()) < int((sources * per_expert).sum()) + 2 * hosts.shape[0]
+    C, H = copies.shape[0], hosts.shape[0]
+    flow = C + int((sources * per_expert).sum()) + 2 * H + 2
+    node = C + 4 * H + 2 if topo.num_nodes == 1 else C + 6 * H + 2 * int(sources.sum()) + int((n_e > 0).sum()) + 2
+    return flow, node
+
+
+def _node_form_smaller(loads, topo, windows_us, params, fixed_hosts) -> bool:
+    flow, node = _form_columns(loads, topo, windows_us, params, fixed_hosts)
+    return node < flow
+
+
+def model_columns(loads: np.ndarray, topo: Topology, windows_us: np.ndarray, params: CostParams,
+                  fixed_hosts: np.ndarray | None = None) -> int:
+    """Columns of the model ``build_layer_model(..., form="auto")`` would build."""
+    flow, node = _form_columns(loads, topo, windows_us, params, fixed_hosts)
+    return node if topo.num_nodes == 1 else min(flow, node)
 
 
 def _columns(a0: int, C: int, H: int, token_lp: bool):
