@@ -102,7 +102,7 @@ def test_unknown_solver_and_options():
     topo = make_topology(1, 2, 2, slots=1)
     with pytest.raises(SolverError, match="unknown solver 'magic'"):
         solve(np.ones((2, 4)), topo, Budget(window_us=1.0), solver="magic")
-    with pytest.raises(SolverError, match="n_dest"):
+    with pytest.raises(SolverError, match="n_dest must be an integer >= 1"):
         solve(np.ones((2, 4)), topo, Budget(window_us=1.0), solver="greedy", n_dest=0)
 
 
@@ -194,3 +194,17 @@ def test_validate_catches_out_of_range(good_plan):
     idx[0, 2] = 99
     with pytest.raises(PlanInvalidError, match="column 2 outside"):
         tampered(good_plan, route_idx=idx).validate()
+
+
+@pytest.mark.parametrize("options", [{"max_moves": "many"}, {"max_moves": 1.5}, {"comm_weight": -1.0},
+                                     {"comm_weight": "x"}, {"max_swaps": -2}])
+def test_bad_greedy_options(options):
+    topo = make_topology(1, 2, 2, slots=1)
+    with pytest.raises(SolverError, match="greedy option"):
+        solve(np.ones((2, 4)), topo, Budget(window_us=1.0), solver="greedy", **options)
+
+
+def test_unknown_solver_option():
+    topo = make_topology(1, 2, 2, slots=1)
+    with pytest.raises(SolverError, match=r"takes no option\(s\) \['backend'\]"):
+        solve(np.ones((2, 4)), topo, Budget(window_us=1.0), solver="greedy", backend="highs")

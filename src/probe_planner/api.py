@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
 
 from .budget import Budget
+from .errors import SolverError
 from .loads import Sources
 from .plan import Plan
 from .problem import Problem
@@ -28,6 +30,10 @@ def solve(loads: np.ndarray, topology: Topology, budget: Budget, solver: str = "
     bad input; never returns an invalid plan.
     """
     fn = get_solver(solver)
+    params = inspect.signature(fn).parameters
+    unknown = sorted(set(options) - set(list(params)[1:]))
+    if unknown:
+        raise SolverError(f"solver {solver!r} takes no option(s) {unknown}; its options: {list(params)[1:]}")
     prepare = getattr(fn, "prepare", None)
     if prepare is not None:  # one-time compilation is not the solver's work: keep it off the clock
         prepare()

@@ -22,10 +22,13 @@ def run_kernel(prob: Problem, max_moves: int, n_dest: int = 4, n_exp: int = 2,
                comm_weight: float | None = None, max_swaps: int = 0) -> SolverResult:
     topo = prob.topology
     for name, v in (("max_moves", max_moves), ("n_dest", n_dest), ("n_exp", n_exp), ("max_swaps", max_swaps)):
-        if int(v) != v or v < (1 if name in ("n_dest", "n_exp") else 0):
-            raise SolverError(f"greedy option {name} must be a non-negative integer (n_dest, n_exp >= 1), got {v!r}")
+        least = 1 if name in ("n_dest", "n_exp") else 0
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+            raise SolverError(f"greedy option {name} must be an integer >= {least}, got {v!r}")
     if comm_weight is None:
         comm_weight = 0.0 if topo.num_nodes == 1 else 2.0
+    if not isinstance(comm_weight, (int, float)) or not (comm_weight >= 0 and np.isfinite(comm_weight)):
+        raise SolverError(f"greedy option comm_weight must be a finite number >= 0, got {comm_weight!r}")
     loads_t = np.ascontiguousarray(prob.loads.transpose(0, 2, 1))
     rep, ridx, rtok, moves, finished = plan_layers(
         prob.loads, loads_t, int(np.count_nonzero(prob.loads)), topo.native, topo.node_of, topo.ranks_per_node,
@@ -74,10 +77,6 @@ def solve_greedy(prob: Problem, max_moves: int | None = None, n_dest: int = 4, n
     topo = prob.topology
     if max_moves is None:
         max_moves = topo.num_ranks * topo.slots
-    if comm_weight is None:
-        comm_weight = 0.0 if topo.num_nodes == 1 else 2.0
-    if not (comm_weight >= 0 and np.isfinite(comm_weight)):
-        raise SolverError(f"greedy option comm_weight must be a finite number >= 0, got {comm_weight!r}")
     return run_kernel(prob, max_moves, n_dest, n_exp, comm_weight, max_swaps)
 
 
