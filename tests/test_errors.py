@@ -208,3 +208,10 @@ def test_unknown_solver_option():
     topo = make_topology(1, 2, 2, slots=1)
     with pytest.raises(SolverError, match=r"takes no option\(s\) \['backend'\]"):
         solve(np.ones((2, 4)), topo, Budget(window_us=1.0), solver="greedy", backend="highs")
+
+
+@pytest.mark.parametrize("solver", ["milp", "auto"])
+def test_bad_mip_gap(solver):
+    topo = make_topology(1, 2, 2, slots=1)
+    with pytest.raises(SolverError, match="mip_rel_gap"):
+        solve(np.ones((2, 4)), topo, Budget(window_us=1.0), solver=solver, mip_rel_gap=-0.1)

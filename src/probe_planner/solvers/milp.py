@@ -250,6 +250,8 @@ _SECONDS_PER_COLUMN = 1e-5
 
 def _milp_layers(prob: Problem, parts: list[LayerParts], backend: str, mip_rel_gap: float, skip_small: bool):
     solve_backend = get_backend(backend)
+    if not isinstance(mip_rel_gap, (int, float)) or not 0 <= mip_rel_gap < 1:
+        raise SolverError(f"mip_rel_gap must be a number in [0, 1), got {mip_rel_gap!r}")
     L = len(parts)
     bounds = np.full(L, -math.inf)
     proven = [False] * L
