@@ -21,9 +21,14 @@ def slow_layer_makespans(plan) -> tuple[list[float], list[list[float]]]:
     for lay in range(L):
         tokens = {}  # (rank, expert) -> tokens processed
         traffic = {r: [0.0, 0.0, 0.0, 0.0] for r in range(G)}  # in intra, in inter, out intra, out inter
-        for (l_, s, e, d), t in zip(plan.route_idx.tolist(), plan.route_tok.tolist(), strict=True):
-            if l_ != lay:
-                continue
+        routes = [(s, e, d, t) for (l_, s, e, d), t in zip(plan.route_idx.tolist(), plan.route_tok.tolist(), strict=True)
+                  if l_ == lay]
+        listed = {e for _, e, _, _ in routes}
+        for e in range(E):  # unlisted experts: every token to the one rank hosting them
+            if e not in listed and plan.loads[lay, :, e].sum() > 0:
+                (d,) = [r for r in range(G) if topo.native[r, e]]
+                routes += [(s, e, d, float(plan.loads[lay, s, e])) for s in range(G) if plan.loads[lay, s, e] > 0]
+        for s, e, d, t in routes:
             tokens[(d, e)] = tokens.get((d, e), 0.0) + t
             if s != d:
                 inter = node[s] != node[d]

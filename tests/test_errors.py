@@ -146,10 +146,29 @@ def test_validate_catches_lost_tokens(good_plan):
 
 def test_validate_catches_route_to_non_host(good_plan):
     idx = good_plan.route_idx.copy()
-    row = np.flatnonzero(idx[:, 2] == 7)[0]  # expert 7 lives on rank 3 only
-    idx[row, 3] = 0
+    row = np.flatnonzero(idx[:, 2] == 0)[0]  # expert 0 is split: its routes are listed
+    hosts = set(good_plan.replicas[good_plan.replicas[:, 1] == 0, 3].tolist()) | {0}
+    idx[row, 3] = min(set(range(4)) - hosts)
     with pytest.raises(PlanInvalidError, match="does not hold the expert"):
         tampered(good_plan, route_idx=idx).validate()
+
+
+def test_validate_catches_split_expert_without_routes(good_plan):
+    keep = good_plan.route_idx[:, 2] != 0
+    assert not keep.all()
+    with pytest.raises(PlanInvalidError, match="hosts but no routes listed"):
+        tampered(good_plan, route_idx=good_plan.route_idx[keep], route_tok=good_plan.route_tok[keep]).validate()
+
+
+def test_implicit_routes_send_everything_to_the_sole_host(good_plan):
+    listed = set(good_plan.route_idx[:, 2].tolist())
+    assert listed == set(good_plan.replicas[:, 1].tolist())  # only replicated experts are listed
+    idx, tok = good_plan.full_routes
+    for e in set(range(8)) - listed:
+        rows = idx[:, 2] == e
+        assert set(idx[rows, 3].tolist()) == {e // 2}
+        np.testing.assert_allclose(tok[rows].sum(), good_plan.loads[0, :, e].sum())
+    assert good_plan.layer(0).routes.shape[0] == idx.shape[0]
 
 
 def test_validate_catches_slot_overflow(good_plan):

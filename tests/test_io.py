@@ -39,7 +39,9 @@ def test_round_trip(tmp_path, case):
 def saved(tmp_path):
     topo = make_topology(1, 4, 2, slots=2)
     loads = np.arange(32, dtype=float).reshape(4, 8) ** 1.5
+    loads[:, 0] += 400.0
     plan = solve(loads, topo, Budget(window_us=[1e3, 1e3, 0.0, 1e3]))
+    assert plan.route_idx.shape[0] > 0  # something is split, so routes are listed
     return plan, save_plan(plan, tmp_path / "p.json"), save_plan(plan, tmp_path / "p.npz")
 
 

@@ -95,7 +95,8 @@ def test_fractional_loads_give_fractional_routing():
     plan = solve(loads, topo, Budget(window_us=np.inf))
     assert not plan.integral
     sums = np.zeros_like(loads)
-    np.add.at(sums, (plan.route_idx[:, 1], plan.route_idx[:, 2]), plan.route_tok)
+    idx, tok = plan.full_routes
+    np.add.at(sums, (idx[:, 1], idx[:, 2]), tok)
     np.testing.assert_allclose(sums, loads, rtol=1e-12)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
+from .routes import sole_host
 from .topology import Topology
 
 # Indices into the flat parameter vector handed to numba kernels.
@@ -73,18 +74,33 @@ def link_time_us(in_intra, in_inter, out_intra, out_inter, unit_intra, unit_inte
 
 
 @nb.njit(cache=True)
-def _evaluate(num_layers, num_ranks, num_experts, route_idx, route_tok, replicas, node_of, p):
+def _evaluate(loads, route_idx, route_tok, replicas, sole, node_of, p):
     """Per-(layer, rank) tokens processed, compute, comm and transfer µs; see :func:`evaluate`."""
+    num_layers, num_ranks, num_experts = loads.shape
     x = np.zeros((num_layers, num_ranks, num_experts))
     vol = np.zeros((num_layers, num_ranks, 4))  # in_intra, in_inter, out_intra, out_inter
+    listed = np.zeros((num_layers, num_experts), np.bool_)
     for i in range(route_idx.shape[0]):
         lay, s, e, d = route_idx[i, 0], route_idx[i, 1], route_idx[i, 2], route_idx[i, 3]
+        listed[lay, e] = True
         t = route_tok[i]
         x[lay, d, e] += t
         if s != d:
             k = 0 if node_of[s] == node_of[d] else 1
             vol[lay, d, k] += t
             vol[lay, s, 2 + k] += t
+    for lay in range(num_layers):  # unlisted experts: every token to the sole host (probe_planner.routes)
+        for s in range(num_ranks):
+            for e in range(num_experts):
+                d = sole[e]
+                t = loads[lay, s, e]
+                if listed[lay, e] or d < 0 or t <= 0.0:
+                    continue
+                x[lay, d, e] += t
+                if s != d:
+                    k = 0 if node_of[s] == node_of[d] else 1
+                    vol[lay, d, k] += t
+                    vol[lay, s, 2 + k] += t
     copies = np.zeros((num_layers, num_ranks, 4))
     for i in range(replicas.shape[0]):
         lay, src, dst = replicas[i, 0], replicas[i, 2], replicas[i, 3]
@@ -149,18 +165,20 @@ def _ratio_max_mean(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def evaluate(topo: Topology, num_layers: int, route_idx: np.ndarray, route_tok: np.ndarray,
+def evaluate(topo: Topology, loads: np.ndarray, route_idx: np.ndarray, route_tok: np.ndarray,
              replicas: np.ndarray, params: CostParams | None = None) -> Metrics:
     """Score a plan given as routes and replicas.
 
-    route_idx: ``[N, 4]`` int (layer, source rank, expert, destination rank); route_tok: ``[N]``
-    tokens; replicas: ``[R, 4]`` int (layer, expert, source rank, destination rank).
+    loads: ``[L, G, E]``; route_idx: ``[N, 4]`` int (layer, source rank, expert, destination rank);
+    route_tok: ``[N]`` tokens; replicas: ``[R, 4]`` int (layer, expert, source rank, destination
+    rank). Experts without listed routes in a layer send every token to their sole native host
+    (:mod:`probe_planner.routes`).
     """
     p = (params or CostParams.from_topology(topo)).vector()
     processed, comp, comm, trans = _evaluate(
-        num_layers, topo.num_ranks, topo.num_experts, np.ascontiguousarray(route_idx, dtype=np.int64),
+        np.ascontiguousarray(loads, dtype=np.float64), np.ascontiguousarray(route_idx, dtype=np.int64),
         np.ascontiguousarray(route_tok, dtype=np.float64), np.ascontiguousarray(replicas, dtype=np.int64),
-        topo.node_of, p)
+        sole_host(topo.native), topo.node_of, p)
     dispatch = comm.max(axis=1)
     compute = comp.max(axis=1)
     return Metrics(

@@ -7,6 +7,10 @@ Stored compactly as coordinate lists, never as a dense ``[G, E, G]`` tensor:
 - ``route_idx [N, 4]`` int64 columns (layer, source rank, expert, destination rank) and
   ``route_tok [N]`` float64: how many of the source's tokens for that expert the destination
   processes. Local tokens appear with source == destination.
+
+Routes are listed only for the (layer, expert) pairs a solver split or chose to list; an unlisted
+expert has one host and gets every token (:mod:`probe_planner.routes`). :attr:`Plan.full_routes`
+and :meth:`Plan.layer` give every route explicitly.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 from .budget import Budget
 from .cost import Metrics, evaluate, lower_bound_us
 from .errors import PlanInvalidError
+from .routes import expand_routes, listed_pairs
 from .topology import Topology
 
 LAYER, EXPERT, SRC, DST = range(4)  # replica columns
@@ -28,8 +33,8 @@ _REL_TOL = 1e-9
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """One layer of a plan: replicas ``[R, 3]`` (expert, src, dst); routes ``[N, 3]``
-    (src, expert, dst) with tokens ``[N]``."""
+    """One layer of a plan: replicas ``[R, 3]`` (expert, src, dst); every route ``[N, 3]``
+    (src, expert, dst), implicit ones included, with tokens ``[N]``."""
 
     replicas: np.ndarray
     routes: np.ndarray
@@ -66,17 +71,24 @@ class Plan:
         return bool(np.all(self.loads == np.floor(self.loads)))
 
     def layer(self, index: int) -> LayerPlan:
-        """The replicas and routes of one layer."""
+        """The replicas and every route (implicit ones included) of one layer."""
         if not 0 <= index < self.num_layers:
             raise IndexError(f"layer {index} out of range [0, {self.num_layers})")
+        idx, tok = self.full_routes
         rm = self.replicas[:, LAYER] == index
-        qm = self.route_idx[:, R_LAYER] == index
-        return LayerPlan(self.replicas[rm, 1:], self.route_idx[qm, 1:], self.route_tok[qm])
+        qm = idx[:, R_LAYER] == index
+        return LayerPlan(self.replicas[rm, 1:], idx[qm, 1:], tok[qm])
+
+    @cached_property
+    def full_routes(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(route_idx [N, 4], route_tok [N])`` with every route explicit, the unlisted experts'
+        included, sorted by (layer, source, expert, destination)."""
+        return expand_routes(self.topology.native, self.loads, self.route_idx, self.route_tok)
 
     # ---- metrics -----------------------------------------------------------------------------
     @cached_property
     def metrics(self) -> Metrics:
-        return evaluate(self.topology, self.num_layers, self.route_idx, self.route_tok, self.replicas)
+        return evaluate(self.topology, self.loads, self.route_idx, self.route_tok, self.replicas)
 
     @cached_property
     def layer_lower_bound_us(self) -> np.ndarray:
@@ -172,6 +184,14 @@ class Plan:
         if (per_slot > topo.slots).any():
             k = int(np.argmax(per_slot))
             raise PlanInvalidError(f"rank {k % G} receives {per_slot[k]} replicas in layer {k // G}, slots={topo.slots}")
+        host = np.broadcast_to(native, (L, G, E)).copy()
+        host[lay, d, e] = True
+        listed = listed_pairs(ri, L, E)
+        split = ~listed & (host.sum(axis=1) != 1) & (self.loads.sum(axis=1) > 0)
+        if split.any():
+            lo, eo = np.argwhere(split)[0]
+            raise PlanInvalidError(f"layer {lo}, expert {eo}: {host[lo, :, eo].sum()} hosts but no routes listed "
+                                   "(only an expert with one host may leave its routes implicit)")
         win = self.budget.windows(G)
         trans = self.metrics.transfer_per_rank_us
         over = trans > win[None, :] * (1 + _REL_TOL) + _REL_TOL
@@ -179,8 +199,6 @@ class Plan:
             lo, r = np.argwhere(over)[0]
             raise PlanInvalidError(f"rank {r} in layer {lo}: replica transfers take {trans[lo, r]:.3f} us > window {win[r]:.3f} us")
 
-        host = np.broadcast_to(native, (L, G, E)).copy()
-        host[lay, d, e] = True
         bad = np.flatnonzero(~host[ri[:, 0], ri[:, 3], ri[:, 2]])
         if bad.size:
             raise PlanInvalidError(f"route {ri[bad[0]].tolist()} sends tokens to a rank that does not hold the expert")
@@ -189,7 +207,7 @@ class Plan:
             raise PlanInvalidError("route entries repeat a (layer, source, expert, destination)")
         sums = np.bincount((ri[:, 0] * G + ri[:, 1]) * E + ri[:, 2], weights=rt, minlength=L * G * E).reshape(L, G, E)
         diff = np.abs(sums - self.loads)
-        off = diff > _REL_TOL * np.maximum(1.0, self.loads)
+        off = (diff > _REL_TOL * np.maximum(1.0, self.loads)) & listed[:, None, :]
         if off.any():
             lo, so, eo = np.argwhere(off)[0]
             raise PlanInvalidError(

@@ -473,12 +473,14 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
 
     rep = np.empty((max(n_layers * g * min(slots, e_all), 1), 4), np.int64)  # a rank copies each expert once at most
     n_rep = 0
-    # a (source, expert) pair is local or remote; each remote entry zeroes a source, exhausts a
-    # host's quota, or (fractional loads only) carries float residue
-    n_nat = 0
+    # a split expert's (source, expert) pair is local or remote; each remote entry zeroes a source,
+    # exhausts a host's quota, or (fractional loads only) carries float residue
+    n_split = 0
     for e in range(e_all):
-        n_nat += nat_cnt[e]
-    cap = (1 if integral else 2) * nnz + 2 * n_layers * (n_nat + g * min(slots, e_all)) + 4 * g + 4
+        if nat_cnt[e] > 1:
+            n_split += 1
+    n_split = min(e_all, n_split + g * min(slots, e_all))
+    cap = n_layers * n_split * (2 * g + 2 * g) + 4 * g + 4
     ridx = np.empty((cap, 4), np.int64)
     rtok = np.empty(cap)
     n_route = 0
@@ -587,18 +589,10 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
             if (moves[lay] + swaps) % 4 == 0 and _now() > deadline:
                 finished = False
                 break
-        # emit this layer's routing: local tokens first, then the remote mapping
+        # emit the routes of split experts (local tokens first, then the remote mapping); a
+        # single-host expert's routes are implied (probe_planner.routes)
         for e in range(e_all):
-            if nh[e] == 1:  # inlined common case: one entry per source with tokens
-                r = hosts[e, 0]
-                for s in range(g):
-                    if nt[e, s] > 0.0:
-                        ridx[n_route, 0] = lay
-                        ridx[n_route, 1] = s
-                        ridx[n_route, 2] = e
-                        ridx[n_route, 3] = r
-                        rtok[n_route] = nt[e, s]
-                        n_route += 1
+            if nh[e] == 1:
                 continue
             for i in range(nh[e]):
                 r = hosts[e, i]

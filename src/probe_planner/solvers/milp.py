@@ -18,6 +18,7 @@ import numpy as np
 from ..cost import evaluate, lower_bound_us
 from ..errors import SolverError
 from ..problem import Problem
+from ..routes import compact_routes, expand_routes
 from . import SolverResult, register
 from .greedy import prepare, run_kernel
 from .lp_backends import ModelSolution, get_backend, solve_highs
@@ -37,29 +38,34 @@ class LayerParts:
     makespan_us: float
 
 
-def _layer_makespan(prob: Problem, replicas: np.ndarray, routes: np.ndarray, tokens: np.ndarray) -> float:
+def _layer_makespan(prob: Problem, lay: int, replicas: np.ndarray, routes: np.ndarray, tokens: np.ndarray) -> float:
     zeros_r = np.zeros((replicas.shape[0], 1), dtype=np.int64)
     zeros_q = np.zeros((routes.shape[0], 1), dtype=np.int64)
-    m = evaluate(prob.topology, 1, np.hstack([zeros_q, routes]), tokens, np.hstack([zeros_r, replicas]), prob.params)
+    m = evaluate(prob.topology, prob.loads[lay:lay + 1], np.hstack([zeros_q, routes]), tokens, np.hstack([zeros_r, replicas]),
+                 prob.params)
     return float(m.layer_makespan_us[0])
 
 
 def split_layers(prob: Problem, res: SolverResult) -> list[LayerParts]:
-    """A multi-layer :class:`SolverResult` as per-layer parts, each scored."""
+    """A multi-layer :class:`SolverResult` as per-layer parts with every route explicit, each scored."""
     out = []
+    idx, tok_all = expand_routes(prob.topology.native, prob.loads, res.route_idx, res.route_tok)
     for lay in range(prob.loads.shape[0]):
         rm = res.replicas[:, 0] == lay
-        qm = res.route_idx[:, 0] == lay
-        rep, routes, tok = res.replicas[rm, 1:], res.route_idx[qm, 1:], res.route_tok[qm]
-        out.append(LayerParts(rep, routes, tok, _layer_makespan(prob, rep, routes, tok)))
+        qm = idx[:, 0] == lay
+        rep, routes, tok = res.replicas[rm, 1:], idx[qm, 1:], tok_all[qm]
+        out.append(LayerParts(rep, routes, tok, _layer_makespan(prob, lay, rep, routes, tok)))
     return out
 
 
-def join_layers(parts: list[LayerParts], info: dict) -> SolverResult:
+def join_layers(prob: Problem, parts: list[LayerParts], info: dict) -> SolverResult:
+    """Per-layer parts as one result, routes listed only for split experts."""
     reps = [np.hstack([np.full((p.replicas.shape[0], 1), i), p.replicas]) for i, p in enumerate(parts)]
     routes = [np.hstack([np.full((p.routes.shape[0], 1), i), p.routes]) for i, p in enumerate(parts)]
-    return SolverResult(np.vstack(reps).astype(np.int64).reshape(-1, 4), np.vstack(routes).astype(np.int64).reshape(-1, 4),
-                        np.concatenate([p.tokens for p in parts]), info)
+    rep = np.vstack(reps).astype(np.int64).reshape(-1, 4)
+    idx, tok = compact_routes(prob.topology.native, rep, np.vstack(routes).astype(np.int64).reshape(-1, 4),
+                              np.concatenate([p.tokens for p in parts]), len(parts))
+    return SolverResult(rep, idx, tok, info)
 
 
 def integral_routes(flows: np.ndarray, y: np.ndarray, loads: np.ndarray, integral: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +173,7 @@ def parts_from_solution(m: LayerModel, prob: Problem, lay: int, x: np.ndarray) -
     chosen = m.copies[x[m.z0:m.y0] > 0.5]
     routes, tok = _routes(m, prob, lay, x, chosen)
     chosen = _drop_unused(chosen, routes, prob.loads.shape[1:])
-    return LayerParts(chosen, routes, tok, _layer_makespan(prob, chosen, routes, tok))
+    return LayerParts(chosen, routes, tok, _layer_makespan(prob, lay, chosen, routes, tok))
 
 
 def token_lp(prob: Problem, lay: int, replicas: np.ndarray, time_limit_s: float) -> tuple[LayerParts | None, ModelSolution]:
@@ -180,7 +186,7 @@ def token_lp(prob: Problem, lay: int, replicas: np.ndarray, time_limit_s: float)
         return None, sol
     routes, tok = _routes(m, prob, lay, sol.x, replicas)
     rep = _drop_unused(replicas, routes, hosts.shape)
-    return LayerParts(rep, routes, tok, _layer_makespan(prob, rep, routes, tok)), sol
+    return LayerParts(rep, routes, tok, _layer_makespan(prob, lay, rep, routes, tok)), sol
 
 
 def round_placement(m: LayerModel, prob: Problem, zval: np.ndarray) -> np.ndarray:
@@ -232,7 +238,7 @@ def _finish(prob: Problem, parts: list[LayerParts], bounds: np.ndarray, proven: 
     total_mk, total_b = float(mk.sum()), float(bounds.sum())
     info = dict(extra, status=status, bound_us=total_b, layer_bound_us=bounds,
                 gap=0.0 if total_mk <= 0 else max(0.0, (total_mk - total_b) / total_mk))
-    return join_layers(parts, info)
+    return join_layers(prob, parts, info)
 
 
 def model_size(prob: Problem, lay: int, copies: bool = True) -> int:
