@@ -6,10 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from probe_planner import Budget, ModelShape, Topology
 from probe_planner.cost import CostParams
+
+# The same examples on every run: CI gates a merge, so a test must not pass or fail by the draw.
+settings.register_profile("deterministic", derandomize=True)
+settings.load_profile("deterministic")
 
 TRACE_DIR = Path(__file__).resolve().parents[2] / "shared" / "traces"
 
@@ -31,11 +36,11 @@ def make_topology(nodes: int, rpn: int, experts_per_rank: int, slots: int, place
 
 @st.composite
 def problems(draw, max_nodes: int = 3, max_rpn: int = 4, max_layers: int = 2, fractional: bool | None = None,
-             redundant: bool | None = None):
+             redundant: bool | None = None, max_epr: int = 4):
     """(loads [L, G, E], topology, budget) with skewed loads, all window regimes, any slot count."""
     nodes = draw(st.integers(1, max_nodes))
     rpn = draw(st.integers(1, max_rpn))
-    epr = draw(st.integers(1, 4))
+    epr = draw(st.integers(1, max_epr))
     slots = draw(st.integers(0, 3))
     g, e = nodes * rpn, nodes * rpn * epr
     placement = None

@@ -140,7 +140,7 @@ def test_milp_mid_size_both_backends_prove_the_same_optimum(nodes, rpn, epr):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems(max_nodes=3, max_rpn=2, max_layers=1, fractional=False), st.booleans())
+@given(problems(max_nodes=3, max_rpn=2, max_layers=1, fractional=False, max_epr=2), st.booleans())
 def test_multinode_node_form_is_exact(case, fixed):
     loads, topo, budget = case
     if topo.num_nodes == 1:

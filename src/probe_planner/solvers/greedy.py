@@ -29,9 +29,8 @@ def run_kernel(prob: Problem, max_moves: int, n_dest: int = 4, n_exp: int = 2,
         comm_weight = 0.0 if topo.num_nodes == 1 else 2.0
     if not isinstance(comm_weight, (int, float)) or not (comm_weight >= 0 and np.isfinite(comm_weight)):
         raise SolverError(f"greedy option comm_weight must be a finite number >= 0, got {comm_weight!r}")
-    loads_t = np.ascontiguousarray(prob.loads.transpose(0, 2, 1))
     rep, ridx, rtok, moves, finished = plan_layers(
-        prob.loads, loads_t, int(np.count_nonzero(prob.loads)), topo.native, topo.node_of, topo.ranks_per_node,
+        prob.loads, topo.native, topo.node_of, topo.ranks_per_node,
         kernel_params(prob, comm_weight), topo.slots, prob.windows_us, prob.integral, int(max_moves), int(n_dest),
         int(n_exp), int(max_swaps), prob.deadline)
     return SolverResult(rep, ridx, rtok, {"moves": moves, "finished": bool(finished)})
@@ -47,7 +46,7 @@ def prepare() -> None:
         z = np.zeros((1, 1, 1))
         native = np.ones((1, 1), dtype=bool)
         native.setflags(write=False)  # same array types as Topology.native, so the same specialization
-        plan_layers(z, z, 0, native, np.zeros(1, np.int64), 1, np.ones(8), 1, np.zeros(1), True, 1, 1, 1, 0, float("inf"))
+        plan_layers(z, native, np.zeros(1, np.int64), 1, np.ones(8), 1, np.zeros(1), True, 1, 1, 1, 0, float("inf"))
         _ready = True
 
 

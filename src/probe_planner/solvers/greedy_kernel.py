@@ -8,11 +8,17 @@ expert it sends most to onto itself — re-water-fill that expert's tokens over 
 tokens stay local, remote ones fill the least-loaded hosts, same-node sources first), score the
 layer with the shared cost model and keep the best move. Integral loads give integral routing.
 
+Speed (bench/greedy_speed.py): the baseline state comes from one branch-free pass over the
+``[G, E]`` loads; a candidate is scored incrementally — moving an expert's tokens changes the
+traffic of the ranks on its hosts' nodes only (sources elsewhere send inter-node either way), so
+only those ranks are re-scored and the rest enter through per-node maxima; routes are written for
+split experts only (single-host experts' routes are implied, :mod:`probe_planner.routes`).
 Helpers are compiled with ``_nrt=False``: they never allocate, and skipping reference counting on
 their many array arguments makes each call ~8x cheaper than an NRT-managed one.
 
-State per layer (all flat arrays): ``hosts[e, :nh[e]]`` the ranks holding ``e`` (natives first),
-``xh[e, i]`` tokens ``hosts[e, i]`` processes, and per-rank compute µs and traffic volumes.
+State per layer (flat arrays): ``hosts[e, :nh[e]]`` the ranks holding ``e`` (natives first),
+``xh[e, i]`` tokens ``hosts[e, i]`` processes; per rank ``comp`` (µs), ``vol`` (in intra, in inter,
+out intra, out inter tokens), ``ct`` (link µs); per node the maxima of ``comp`` and ``ct``.
 """
 
 from __future__ import annotations
@@ -40,20 +46,15 @@ FILL_W, FILL_TAU = 6, 7
 
 
 @nb.njit(cache=True, _nrt=False)
-def _waterfill(e, nt, total, hosts, nh, xh, comp, vol, p, integral, base, key, order):
+def _waterfill(e, n, total, hosts, nh, xh, base, p, integral, key, order):
     """Split expert ``e``'s ``total`` tokens over its hosts: each keeps its local tokens; the rest
-    raise the hosts with the lowest level to a common level, where a host's level is its compute
-    time plus ``FILL_W`` x its link time, and a remote token adds ``alpha + FILL_W·FILL_TAU`` to it
-    (it is computed there and crosses that host's link). ``comp``/``vol`` must exclude ``e``."""
+    raise the hosts with the lowest level to a common level, where ``base[i]`` is host ``i``'s level
+    without ``e`` (compute plus ``FILL_W`` x link time) and a remote token adds ``alpha + FILL_W·FILL_TAU``
+    to it (it is computed there and crosses that host's link)."""
     alpha = p[ALPHA]
     slope = alpha + p[FILL_W] * p[FILL_TAU]
-    w = p[FILL_W]
     for i in range(nh):
-        r = hosts[e, i]
-        base[i] = comp[r]
-        if w > 0.0:
-            base[i] += w * link_time_us(vol[r, 0], vol[r, 1], vol[r, 2], vol[r, 3], p[TOK_INTRA], p[TOK_INTER])
-        key[i] = base[i] + nt[e, r] * alpha
+        key[i] = base[i] + n[hosts[e, i], e] * alpha
         order[i] = i
     for i in range(1, nh):  # insertion sort by key: nh is small
         j = i
@@ -62,7 +63,7 @@ def _waterfill(e, nt, total, hosts, nh, xh, comp, vol, p, integral, base, key, o
             j -= 1
     remote = total
     for i in range(nh):
-        remote -= nt[e, hosts[e, i]]
+        remote -= n[hosts[e, i], e]
     active_key = 0.0
     lam = 0.0
     for j in range(nh):
@@ -72,14 +73,14 @@ def _waterfill(e, nt, total, hosts, nh, xh, comp, vol, p, integral, base, key, o
             break
     acc = 0.0
     for i in range(nh):
-        loc = nt[e, hosts[e, i]]
+        loc = n[hosts[e, i], e]
         v = (lam - key[i]) / slope
         xh[e, i] = loc + (v if v > 0.0 else 0.0)
         acc += xh[e, i]
     if integral:
         deficit = total
         for i in range(nh):
-            loc = nt[e, hosts[e, i]]
+            loc = n[hosts[e, i], e]
             f = np.floor(xh[e, i] + _TOL)
             if f < loc:
                 f = loc
@@ -97,7 +98,7 @@ def _waterfill(e, nt, total, hosts, nh, xh, comp, vol, p, integral, base, key, o
         while deficit < -0.5:  # float overshoot: take back from hosts above their local share
             best = -1
             for i in range(nh):
-                if xh[e, i] > nt[e, hosts[e, i]] and (best < 0 or key[i] < key[best]):
+                if xh[e, i] > n[hosts[e, i], e] and (best < 0 or key[i] < key[best]):
                     best = i
             xh[e, best] -= 1.0
             key[best] = 1e300
@@ -112,25 +113,17 @@ def _waterfill(e, nt, total, hosts, nh, xh, comp, vol, p, integral, base, key, o
 
 
 @nb.njit(cache=True, _nrt=False)
-def _map_remote(e, nt, is_host, hosts, nh, xh, rpn, rem, quota, o_src, o_dst, o_amt):
-    """Which remote source sends how many tokens of ``e`` to which host: same-node sources first,
-    then the rest in rank order. Deterministic, so removing a mapping replays it exactly.
-    Writes ``(src, host, amount)`` triples and returns their count."""
-    g = nt.shape[1]
+def _map_remote(e, n, is_host, hosts, nh, xh, rpn, rem, quota, o_src, o_dst, o_amt):
+    """Which remote source sends how many tokens of ``e`` to which host: same-node sources first
+    (in rank order, hosts in host order), then the rest in rank order — so every token left after
+    the same-node phase crosses nodes. Writes ``(src, host, amount)`` triples, returns their count.
+    :func:`_contrib` computes the traffic this mapping makes without writing it."""
+    g = n.shape[0]
     cnt = 0
-    if nh == 1:  # the common case: every remote token goes to the one host
-        r = hosts[e, 0]
-        for s in range(g):
-            if nt[e, s] > 0.0 and s != r:
-                o_src[cnt] = s
-                o_dst[cnt] = r
-                o_amt[cnt] = nt[e, s]
-                cnt += 1
-        return cnt
     for s in range(g):
-        rem[s] = 0.0 if is_host[e, s] else nt[e, s]
+        rem[s] = 0.0 if is_host[e, s] else n[s, e]
     for i in range(nh):
-        quota[i] = xh[e, i] - nt[e, hosts[e, i]]
+        quota[i] = xh[e, i] - n[hosts[e, i], e]
     for i in range(nh):
         if quota[i] <= 0.0:
             continue
@@ -176,34 +169,214 @@ def _map_remote(e, nt, is_host, hosts, nh, xh, rpn, rem, quota, o_src, o_dst, o_
 
 
 @nb.njit(cache=True, _nrt=False)
-def _apply(e, sign, nt, is_host, hosts, nh, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt):
-    """Add (sign=+1) or remove (sign=-1) expert ``e``'s compute and traffic from the rank state."""
-    for i in range(nh):
-        comp[hosts[e, i]] += sign * expert_time_us(xh[e, i], p[ALPHA], p[BETA])
-    cnt = _map_remote(e, nt, is_host, hosts, nh, xh, rpn, rem, quota, o_src, o_dst, o_amt)
-    for k in range(cnt):
-        s, d, a = o_src[k], o_dst[k], sign * o_amt[k]
-        link = 0 if node_of[s] == node_of[d] else 1
-        vol[d, link] += a
-        vol[s, 2 + link] += a
+def _contrib(e, n, hosts, nh, xh, is_host, node_of, rpn, nodes, nn, cv, supply, left):
+    """Expert ``e``'s traffic, as :func:`_map_remote` routes it, on every rank of the nodes
+    ``nodes[:nn]`` (which must include each host's node): ``cv[r] = (in intra, in inter, out intra,
+    out inter)``. A node without a host sends everything across nodes."""
+    for j in range(nn):
+        first = nodes[j] * rpn
+        sup = 0.0
+        for r in range(first, first + rpn):
+            cv[r, 0] = 0.0
+            cv[r, 1] = 0.0
+            cv[r, 2] = 0.0
+            if is_host[e, r]:
+                cv[r, 3] = 0.0
+            else:
+                cv[r, 3] = n[r, e]
+                sup += n[r, e]
+        supply[j] = sup
+        left[j] = sup
+    for i in range(nh):  # same-node phase: each host takes what its node's sources have left
+        h = hosts[e, i]
+        q = xh[e, i] - n[h, e]
+        if q <= 0.0:
+            continue
+        j = 0
+        while nodes[j] != node_of[h]:
+            j += 1
+        a = q if q < left[j] else left[j]
+        left[j] -= a
+        cv[h, 0] += a
+        cv[h, 1] += q - a
+    for j in range(nn):  # ... and the node's sources give it in rank order
+        first = nodes[j] * rpn
+        used = supply[j] - left[j]
+        for r in range(first, first + rpn):
+            if used <= 0.0:
+                break
+            if not is_host[e, r]:
+                a = cv[r, 3] if cv[r, 3] < used else used
+                cv[r, 2] = a
+                cv[r, 3] -= a
+                used -= a
 
 
 @nb.njit(cache=True, _nrt=False)
-def _score(comp, vol, p):
+def _score(comp, ct):
     """(makespan, sum of squared per-rank cost) of the current state; the second breaks ties."""
-    g = comp.shape[0]
     mc = 0.0
     mm = 0.0
     sq = 0.0
-    for r in range(g):
-        c = link_time_us(vol[r, 0], vol[r, 1], vol[r, 2], vol[r, 3], p[TOK_INTRA], p[TOK_INTER])
-        if c > mm:
-            mm = c
+    for r in range(comp.shape[0]):
+        if ct[r] > mm:
+            mm = ct[r]
         if comp[r] > mc:
             mc = comp[r]
-        t = comp[r] + 2.0 * c
+        t = comp[r] + 2.0 * ct[r]
         sq += t * t
     return 2.0 * mm + mc, sq
+
+
+@nb.njit(cache=True, _nrt=False)
+def _rehost(e, d, add, n, total, hosts, nh, is_host, xh, node_of, rpn, p, integral, st, sc, sq_all):
+    """Tentatively make ``d`` a host of ``e`` (``add``) or stop it hosting ``e``; re-split ``e``'s
+    tokens and compute the new values of the ranks this touches (those on the hosts' nodes) into
+    the scratch ``sc``. Returns ``(makespan, sum of squares, number of touched ranks)``; the state
+    ``st`` is unchanged — follow with :func:`_revert` or :func:`_commit`."""
+    comp, vol, ct, node_mc, node_mm = st
+    nodes, nflag, aff, cvo, cvn, nc, nv, nct, oldt, base, key, saved_x, supply, left, order, saved_h = sc
+    k = nh[e]
+    nn = 0
+    for i in range(k + 1):
+        nd = node_of[d if i == k else hosts[e, i]]
+        if not nflag[nd]:
+            nflag[nd] = True
+            nodes[nn] = nd
+            nn += 1
+    _contrib(e, n, hosts, k, xh, is_host, node_of, rpn, nodes, nn, cvo, supply, left)
+    for i in range(k):
+        h = hosts[e, i]
+        saved_x[i] = xh[e, i]
+        saved_h[i] = h
+        oldt[h] = expert_time_us(xh[e, i], p[ALPHA], p[BETA])
+    if add:
+        oldt[d] = 0.0
+        hosts[e, k] = d
+        is_host[e, d] = True
+        k2 = k + 1
+    else:
+        j = 0
+        for i in range(k):
+            if hosts[e, i] != d:
+                hosts[e, j] = hosts[e, i]
+                j += 1
+        is_host[e, d] = False
+        k2 = k - 1
+    w = p[FILL_W]
+    for i in range(k2):
+        h = hosts[e, i]
+        base[i] = comp[h] - oldt[h]
+        if w > 0.0:
+            base[i] += w * link_time_us(vol[h, 0] - cvo[h, 0], vol[h, 1] - cvo[h, 1], vol[h, 2] - cvo[h, 2],
+                                        vol[h, 3] - cvo[h, 3], p[TOK_INTRA], p[TOK_INTER])
+    _waterfill(e, n, total[e], hosts, k2, xh, base, p, integral, key, order)
+    _contrib(e, n, hosts, k2, xh, is_host, node_of, rpn, nodes, nn, cvn, supply, left)
+    na = 0
+    for j in range(nn):
+        first = nodes[j] * rpn
+        for r in range(first, first + rpn):
+            aff[na] = r
+            na += 1
+            nc[r] = comp[r]
+            for q in range(4):
+                nv[r, q] = vol[r, q] - cvo[r, q] + cvn[r, q]
+    for i in range(k):
+        nc[saved_h[i]] -= oldt[saved_h[i]]
+    for i in range(k2):
+        nc[hosts[e, i]] += expert_time_us(xh[e, i], p[ALPHA], p[BETA])
+    mc = 0.0
+    mm = 0.0
+    for nd in range(node_mc.shape[0]):  # untouched nodes enter through their maxima
+        if not nflag[nd]:
+            if node_mc[nd] > mc:
+                mc = node_mc[nd]
+            if node_mm[nd] > mm:
+                mm = node_mm[nd]
+    sq = sq_all
+    for i in range(na):
+        r = aff[i]
+        c = link_time_us(nv[r, 0], nv[r, 1], nv[r, 2], nv[r, 3], p[TOK_INTRA], p[TOK_INTER])
+        nct[r] = c
+        if nc[r] > mc:
+            mc = nc[r]
+        if c > mm:
+            mm = c
+        t_old = comp[r] + 2.0 * ct[r]
+        t_new = nc[r] + 2.0 * c
+        sq += t_new * t_new - t_old * t_old
+    for j in range(nn):
+        nflag[nodes[j]] = False
+    return 2.0 * mm + mc, sq, na
+
+
+@nb.njit(cache=True, _nrt=False)
+def _revert(e, d, add, hosts, nh, is_host, xh, sc):
+    """Undo the tentative part of :func:`_rehost`."""
+    saved_x, saved_h = sc[11], sc[15]
+    for i in range(nh[e]):
+        xh[e, i] = saved_x[i]
+        hosts[e, i] = saved_h[i]
+    is_host[e, d] = not add
+
+
+@nb.njit(cache=True, _nrt=False)
+def _commit(e, add, nh, rpn, st, sc, na):
+    """Keep what :func:`_rehost` computed: the touched ranks' new values and their nodes' maxima."""
+    comp, vol, ct, node_mc, node_mm = st
+    aff, nc, nv, nct = sc[2], sc[5], sc[6], sc[7]
+    nh[e] += 1 if add else -1
+    for i in range(na):
+        r = aff[i]
+        comp[r] = nc[r]
+        ct[r] = nct[r]
+        for q in range(4):
+            vol[r, q] = nv[r, q]
+    for i in range(0, na, rpn):  # touched ranks come a whole node at a time
+        _node_max(aff[i] // rpn, rpn, st)
+
+
+@nb.njit(cache=True, _nrt=False)
+def _node_max(nd, rpn, st):
+    comp, ct, node_mc, node_mm = st[0], st[2], st[3], st[4]
+    mc = 0.0
+    mm = 0.0
+    for r in range(nd * rpn, nd * rpn + rpn):
+        if comp[r] > mc:
+            mc = comp[r]
+        if ct[r] > mm:
+            mm = ct[r]
+    node_mc[nd] = mc
+    node_mm[nd] = mm
+
+
+@nb.njit(cache=True, _nrt=False, fastmath={"reassoc", "nsz"})
+def _baseline_pass(n, sole, sole_node, sole_w, node_of, total, ntot, vol):
+    """One pass over the ``[G, E]`` loads: per-expert totals, per-(node, expert) totals and every
+    source's outgoing traffic for the single-host experts (reassociated sums vectorize)."""
+    g, e_all = n.shape
+    for e in range(e_all):
+        total[e] = 0.0
+    for nd in range(ntot.shape[0]):
+        for e in range(e_all):
+            ntot[nd, e] = 0.0
+    for s in range(g):
+        ns = node_of[s]
+        row_sole = 0.0
+        same = 0.0
+        local = 0.0
+        for e in range(e_all):
+            a = n[s, e]
+            total[e] += a
+            ntot[ns, e] += a
+            m = a * sole_w[e]
+            row_sole += m
+            same += m if sole_node[e] == ns else 0.0
+            local += m if sole[e] == s else 0.0
+        vol[s, 0] = 0.0
+        vol[s, 1] = 0.0
+        vol[s, 2] = same - local
+        vol[s, 3] = row_sole - same
 
 
 @nb.njit(cache=True, _nrt=False)
@@ -240,13 +413,13 @@ def _copy_source(e, d, nat_cnt, hosts, node_of, copies, win, p):
 
 
 @nb.njit(cache=True, _nrt=False)
-def _cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies, win, p, comp, vol, n_dest, dest, dest_cost):
+def _cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies, win, p, comp, ct, n_dest, dest, dest_cost):
     """The ``n_dest`` eligible ranks (free slot, copy fits both windows) with the lowest cost."""
     nd = 0
     for r in range(g):
         if is_host[e, r] or used[r] >= slots:
             continue
-        cost = comp[r] + 2.0 * link_time_us(vol[r, 0], vol[r, 1], vol[r, 2], vol[r, 3], p[TOK_INTRA], p[TOK_INTER])
+        cost = comp[r] + 2.0 * ct[r]
         if nd == n_dest:
             worst = 0
             for j in range(1, nd):
@@ -267,66 +440,42 @@ def _cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies,
 
 
 @nb.njit(cache=True, _nrt=False)
-def _add_copy(e, src, d, integral, nt, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used, copies, node_of, rpn, p,
-              comp, vol, rem, quota, o_src, o_dst, o_amt, base, key, order):
-    """Make ``d`` a host of ``e`` (copied from ``src``) and re-split ``e``'s tokens."""
-    k = nh[e]
-    _apply(e, -1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
-    hosts[e, k] = d
-    is_host[e, d] = True
-    nh[e] = k + 1
-    _waterfill(e, nt, total[e], hosts, k + 1, xh, comp, vol, p, integral, base, key, order)
-    _apply(e, 1.0, nt, is_host, hosts, k + 1, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+def _move(e, src, d, add, integral, n, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used, copies, node_of, rpn,
+          p, st, sc, sq_all):
+    """Carry out a copy of ``e`` from ``src`` to ``d`` (``add``) or take it back."""
+    na = _rehost(e, d, add, n, total, hosts, nh, is_host, xh, node_of, rpn, p, integral, st, sc, sq_all)[2]
+    _commit(e, add, nh, rpn, st, sc, na)
+    sign = 1.0 if add else -1.0
     link = 0 if node_of[src] == node_of[d] else 1
-    copies[d, link] += 1.0
-    copies[src, 2 + link] += 1.0
-    used[d] += 1
-    rank_exp[d, rank_cnt[d]] = e
-    rank_cnt[d] += 1
+    copies[d, link] += sign
+    copies[src, 2 + link] += sign
+    if add:
+        used[d] += 1
+        rank_exp[d, rank_cnt[d]] = e
+        rank_cnt[d] += 1
+    else:
+        used[d] -= 1
+        for j in range(rank_cnt[d]):
+            if rank_exp[d, j] == e:
+                rank_exp[d, j] = rank_exp[d, rank_cnt[d] - 1]
+                break
+        rank_cnt[d] -= 1
 
 
 @nb.njit(cache=True, _nrt=False)
-def _remove_copy(e, src, d, integral, nt, total, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, used, copies,
-                 node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt, base, key, order):
-    """Undo :func:`_add_copy`: ``d`` stops hosting ``e``; ``e``'s tokens are re-split."""
-    k = nh[e]
-    _apply(e, -1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
-    for i in range(nat_cnt[e], k):
-        if hosts[e, i] == d:
-            for j in range(i, k - 1):
-                hosts[e, j] = hosts[e, j + 1]
-            break
-    is_host[e, d] = False
-    nh[e] = k - 1
-    _waterfill(e, nt, total[e], hosts, k - 1, xh, comp, vol, p, integral, base, key, order)
-    _apply(e, 1.0, nt, is_host, hosts, k - 1, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
-    link = 0 if node_of[src] == node_of[d] else 1
-    copies[d, link] -= 1.0
-    copies[src, 2 + link] -= 1.0
-    used[d] -= 1
-    for j in range(rank_cnt[d]):
-        if rank_exp[d, j] == e:
-            rank_exp[d, j] = rank_exp[d, rank_cnt[d] - 1]
-            break
-    rank_cnt[d] -= 1
-
-
-@nb.njit(cache=True, _nrt=False)
-def _search(mk, sq, g, e_all, n_exp, n_dest, slots, integral, n, nt, total, is_host, hosts, nh, nat_cnt, xh, rank_exp,
-            rank_cnt, used, copies, win, node_of, rpn, p, comp, vol, comp0, vol0, rem, quota, o_src, o_dst, o_amt, base,
-            key, order, saved, cand_e, cand_d, dest, dest_cost):
+def _search(mk, sq_all, sq_bar, g, e_all, n_exp, n_dest, slots, integral, n, total, is_host, hosts, nh, nat_cnt, xh,
+            rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, st, sc, cand_e, cand_d, dest, dest_cost):
     """The best single copy to add: ``(makespan, sum of squares, expert, dst, src)``, expert -1 when
-    none beats ``mk`` (or ties it with a smaller ``sq``). The state is left as it was found."""
+    none beats ``mk`` (or ties it with a sum of squares below ``sq_bar``; ``sq_all`` is the current
+    state's). The state is left as it was found."""
+    comp, ct = st[0], st[2]
     # bottlenecks: slowest compute rank, slowest link rank
     rc = 0
     rm = 0
-    cm_best = -1.0
     for r in range(g):
         if comp[r] > comp[rc]:
             rc = r
-        c = link_time_us(vol[r, 0], vol[r, 1], vol[r, 2], vol[r, 3], p[TOK_INTRA], p[TOK_INTER])
-        if c > cm_best:
-            cm_best = c
+        if ct[r] > ct[rm]:
             rm = r
     # candidates: (a) heaviest experts on the compute bottleneck and (b) most-received experts on
     # the link bottleneck, each copied to cheap ranks; (c) experts the link bottleneck sends most,
@@ -347,7 +496,7 @@ def _search(mk, sq, g, e_all, n_exp, n_dest, slots, integral, n, nt, total, is_h
                     v = 0.0
                     for i in range(nh[e]):
                         if hosts[e, i] == r0:
-                            v = xh[e, i] if kind == 0 else xh[e, i] - nt[e, r0]
+                            v = xh[e, i] if kind == 0 else xh[e, i] - n[r0, e]
                     if v > bv:
                         dup = False
                         for c in range(n_cand):
@@ -372,7 +521,7 @@ def _search(mk, sq, g, e_all, n_exp, n_dest, slots, integral, n, nt, total, is_h
             cand_d[n_cand] = r0 if kind == 2 else -1
             n_cand += 1
     best_mk = mk
-    best_sq = sq
+    best_sq = sq_bar
     best_e = -1
     best_d = -1
     best_s = -1
@@ -382,34 +531,16 @@ def _search(mk, sq, g, e_all, n_exp, n_dest, slots, integral, n, nt, total, is_h
             dest[0] = cand_d[c]
             nd = 1
         else:
-            nd = _cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies, win, p,
-                                 comp, vol, n_dest, dest, dest_cost)
-        if nd == 0:
-            continue
-        k = nh[e]
-        for i in range(k):
-            saved[i] = xh[e, i]
-        _apply(e, -1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
-        for r in range(g):  # snapshot (explicit loops: this helper runs without NRT)
-            comp0[r] = comp[r]
-            for q in range(4):
-                vol0[r, q] = vol[r, q]
+            nd = _cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies, win, p, comp, ct,
+                                 n_dest, dest, dest_cost)
         for j in range(nd):
             d = dest[j]
             src = _copy_source(e, d, nat_cnt, hosts, node_of, copies, win, p)
             if src < 0:
                 continue
-            hosts[e, k] = d
-            is_host[e, d] = True
-            xh[e, k] = 0.0
-            _waterfill(e, nt, total[e], hosts, k + 1, xh, comp, vol, p, integral, base, key, order)
-            _apply(e, 1.0, nt, is_host, hosts, k + 1, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
-            new_mk, new_sq = _score(comp, vol, p)
-            for r in range(g):
-                comp[r] = comp0[r]
-                for q in range(4):
-                    vol[r, q] = vol0[r, q]
-            is_host[e, d] = False
+            new_mk, new_sq, _ = _rehost(e, d, True, n, total, hosts, nh, is_host, xh, node_of, rpn, p, integral, st, sc,
+                                        sq_all)
+            _revert(e, d, True, hosts, nh, is_host, xh, sc)
             better = new_mk < best_mk * (1.0 - _TOL) - _TOL
             tie_better = new_mk <= best_mk * (1.0 + _TOL) + _TOL and new_sq < best_sq * (1.0 - 1e-6)
             if better or tie_better:
@@ -418,22 +549,79 @@ def _search(mk, sq, g, e_all, n_exp, n_dest, slots, integral, n, nt, total, is_h
                 best_e = e
                 best_d = d
                 best_s = src
-        for i in range(k):
-            xh[e, i] = saved[i]
-        _apply(e, 1.0, nt, is_host, hosts, k, xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
     return best_mk, best_sq, best_e, best_d, best_s
 
 
+@nb.njit(cache=True, _nrt=False)
+def _baseline(n, sole, sole_node, sole_w, multi, n_multi, node_of, rpn, p, integral, total, ntot, hosts, nh, nat_cnt,
+              is_host, xh, st, sc):
+    """The layer's state under the baseline placement (no replicas)."""
+    comp, vol, ct = st[0], st[1], st[2]
+    nodes, nflag, cvn, base, key, supply, left, order = sc[0], sc[1], sc[4], sc[9], sc[10], sc[12], sc[13], sc[14]
+    g, e_all = n.shape
+    _baseline_pass(n, sole, sole_node, sole_w, node_of, total, ntot, vol)
+    for r in range(g):
+        comp[r] = 0.0
+    for e in range(e_all):
+        nh[e] = nat_cnt[e]
+        h = sole[e]
+        if h < 0:
+            continue
+        xh[e, 0] = total[e]
+        comp[h] += expert_time_us(total[e], p[ALPHA], p[BETA])
+        nd = sole_node[e]
+        vol[h, 0] += ntot[nd, e] - n[h, e]
+        vol[h, 1] += total[e] - ntot[nd, e]
+    # experts the given placement hosts more than once are split last, heaviest first, so each
+    # fill sees every single-host expert's load in place
+    for i in range(1, n_multi):  # insertion sort by load, descending
+        j = i
+        while j > 0 and total[multi[j - 1]] < total[multi[j]]:
+            multi[j - 1], multi[j] = multi[j], multi[j - 1]
+            j -= 1
+    w = p[FILL_W]
+    for i in range(n_multi):
+        e = multi[i]
+        k = nh[e]
+        nn = 0
+        for j in range(k):
+            h = hosts[e, j]
+            base[j] = comp[h]
+            if w > 0.0:
+                base[j] += w * link_time_us(vol[h, 0], vol[h, 1], vol[h, 2], vol[h, 3], p[TOK_INTRA], p[TOK_INTER])
+            if not nflag[node_of[h]]:
+                nflag[node_of[h]] = True
+                nodes[nn] = node_of[h]
+                nn += 1
+        _waterfill(e, n, total[e], hosts, k, xh, base, p, integral, key, order)
+        _contrib(e, n, hosts, k, xh, is_host, node_of, rpn, nodes, nn, cvn, supply, left)
+        for s in range(g):
+            if nflag[node_of[s]]:
+                for q in range(4):
+                    vol[s, q] += cvn[s, q]
+            else:
+                vol[s, 3] += n[s, e]
+        for j in range(k):
+            comp[hosts[e, j]] += expert_time_us(xh[e, j], p[ALPHA], p[BETA])
+        for j in range(nn):
+            nflag[nodes[j]] = False
+    for r in range(g):
+        ct[r] = link_time_us(vol[r, 0], vol[r, 1], vol[r, 2], vol[r, 3], p[TOK_INTRA], p[TOK_INTER])
+    for nd in range(g // rpn):
+        _node_max(nd, rpn, st)
+
+
 @nb.njit(cache=True)
-def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integral, max_moves, n_dest, n_exp, max_swaps, deadline):
-    """Plan every layer of ``loads [L, G, E]`` (``loads_t``: the same as ``[L, E, G]``; ``nnz``: its
-    count of non-zeros, which sizes the output).
+def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves, n_dest, n_exp, max_swaps, deadline):
+    """Plan every layer of ``loads [L, G, E]``.
 
     Returns ``(replicas [R, 4] (layer, expert, src, dst), route_idx [N, 4] (layer, src, expert, dst),
-    route_tok [N], moves [L], finished)``; ``finished`` is False when the deadline cut the search
-    short (every layer still gets a valid plan: unsearched layers keep the baseline placement).
+    route_tok [N], moves [L], finished)`` with routes listed for split experts only;
+    ``finished`` is False when the deadline cut the search short (every layer still gets a valid
+    plan: unsearched layers keep the baseline placement).
     """
     n_layers, g, e_all = loads.shape
+    n_nodes = g // rpn
     is_host = native.T.copy()  # [E, G]
     nat_cnt = np.zeros(e_all, np.int64)
     hosts = np.zeros((e_all, g), np.int64)
@@ -446,19 +634,32 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
                 nat_cnt[e] += 1
                 rank_exp[r, rank_cnt_nat[r]] = e
                 rank_cnt_nat[r] += 1
+    sole = np.full(e_all, -1, np.int64)
+    sole_node = np.full(e_all, -1, np.int64)
+    sole_w = np.zeros(e_all)
+    multi = np.zeros(e_all, np.int64)
+    n_multi = 0
+    for e in range(e_all):
+        if nat_cnt[e] == 1:
+            sole[e] = hosts[e, 0]
+            sole_node[e] = node_of[hosts[e, 0]]
+            sole_w[e] = 1.0
+        else:
+            multi[n_multi] = e
+            n_multi += 1
     rank_cnt = rank_cnt_nat.copy()
     nh = np.zeros(e_all, np.int64)
     xh = np.zeros((e_all, g))
     total = np.zeros(e_all)
-    comp = np.zeros(g)
-    vol = np.zeros((g, 4))
-    comp0 = np.zeros(g)
-    vol0 = np.zeros((g, 4))
+    ntot = np.zeros((n_nodes, e_all))
+    st = (np.zeros(g), np.zeros((g, 4)), np.zeros(g), np.zeros(n_nodes), np.zeros(n_nodes))
+    sc = (np.zeros(g, np.int64), np.zeros(n_nodes, np.bool_), np.zeros(g, np.int64), np.zeros((g, 4)), np.zeros((g, 4)),
+          np.zeros(g), np.zeros((g, 4)), np.zeros(g), np.zeros(g), np.zeros(g), np.zeros(g), np.zeros(g), np.zeros(g),
+          np.zeros(g), np.zeros(g, np.int64), np.zeros(g, np.int64))
+    comp = st[0]
+    ct = st[2]
     copies = np.zeros((g, 4))
     used = np.zeros(g, np.int64)
-    base = np.zeros(g)
-    key = np.zeros(g)
-    order = np.zeros(g, np.int64)
     rem = np.zeros(g)
     quota = np.zeros(g)
     o_src = np.zeros(4 * g + 4, np.int64)
@@ -468,19 +669,14 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
     cand_d = np.zeros(3 * n_exp, np.int64)  # -1: try the cheapest eligible ranks
     dest = np.zeros(n_dest, np.int64)
     dest_cost = np.zeros(n_dest)
-    saved = np.zeros(g)
-    multi = np.zeros(e_all, np.int64)
 
     rep = np.empty((max(n_layers * g * min(slots, e_all), 1), 4), np.int64)  # a rank copies each expert once at most
     n_rep = 0
-    # a split expert's (source, expert) pair is local or remote; each remote entry zeroes a source,
-    # exhausts a host's quota, or (fractional loads only) carries float residue
-    n_split = 0
-    for e in range(e_all):
-        if nat_cnt[e] > 1:
-            n_split += 1
-    n_split = min(e_all, n_split + g * min(slots, e_all))
-    cap = n_layers * n_split * (2 * g + 2 * g) + 4 * g + 4
+    # split experts per layer: the natively multi-hosted plus one per replica at most; each lists
+    # its local entries (<= g) and remote ones (each zeroes a source, exhausts a host's quota or
+    # carries float residue: <= 3g)
+    n_split = min(e_all, n_multi + g * min(slots, e_all))
+    cap = n_layers * n_split * 4 * g + 4 * g + 4
     ridx = np.empty((cap, 4), np.int64)
     rtok = np.empty(cap)
     n_route = 0
@@ -489,63 +685,21 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
 
     for lay in range(n_layers):
         n = loads[lay]
-        nt = loads_t[lay]
-        comp[:] = 0.0
-        vol[:, :] = 0.0
         copies[:, :] = 0.0
         used[:] = 0
-        for e in range(e_all):
-            nh[e] = nat_cnt[e]
-            t = 0.0
-            for s in range(g):
-                t += nt[e, s]
-            total[e] = t
-        for e in range(e_all):
-            if nh[e] == 1:  # the common case, inlined: every remote token goes to the one host
-                r = hosts[e, 0]
-                xh[e, 0] = total[e]
-                comp[r] += expert_time_us(total[e], p[ALPHA], p[BETA])
-                in_intra = 0.0  # accumulate locally: no store-to-load chain through vol[r]
-                in_inter = 0.0
-                for s in range(g):
-                    a = nt[e, s]
-                    if a > 0.0 and s != r:
-                        if node_of[s] == node_of[r]:
-                            in_intra += a
-                            vol[s, 2] += a
-                        else:
-                            in_inter += a
-                            vol[s, 3] += a
-                vol[r, 0] += in_intra
-                vol[r, 1] += in_inter
-        # experts hosted more than once by the given placement are split last, heaviest first, so
-        # each fill sees every single-host expert's load already in place
-        n_multi = 0
-        for e in range(e_all):
-            if nh[e] > 1:
-                multi[n_multi] = e
-                n_multi += 1
-        for i in range(1, n_multi):  # insertion sort by load, descending
-            j = i
-            while j > 0 and total[multi[j - 1]] < total[multi[j]]:
-                multi[j - 1], multi[j] = multi[j], multi[j - 1]
-                j -= 1
-        for i in range(n_multi):
-            e = multi[i]
-            _waterfill(e, nt, total[e], hosts, nh[e], xh, comp, vol, p, integral, base, key, order)
-            _apply(e, 1.0, nt, is_host, hosts, nh[e], xh, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt)
+        _baseline(n, sole, sole_node, sole_w, multi, n_multi, node_of, rpn, p, integral, total, ntot, hosts, nh, nat_cnt,
+                  is_host, xh, st, sc)
         rep_start = n_rep
         searching = finished and max_moves > 0 and slots > 0
         if searching and _now() > deadline:
             finished = False
             searching = False
-        mk, sq = _score(comp, vol, p)
+        mk, sq = _score(comp, ct)
         swaps = 0
         while searching and moves[lay] < max_moves:
             best_mk, best_sq, best_e, best_d, best_s = _search(
-                mk, sq, g, e_all, n_exp, n_dest, slots, integral, n, nt, total, is_host, hosts, nh, nat_cnt, xh,
-                rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, comp, vol, comp0, vol0, rem, quota, o_src,
-                o_dst, o_amt, base, key, order, saved, cand_e, cand_d, dest, dest_cost)
+                mk, sq, sq, g, e_all, n_exp, n_dest, slots, integral, n, total, is_host, hosts, nh, nat_cnt, xh,
+                rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, st, sc, cand_e, cand_d, dest, dest_cost)
             if best_e < 0 and swaps < max_swaps:
                 # stuck: the bottleneck's copies may have gone to the wrong experts (a source's window
                 # holds few copies). Try taking back one copy sent by the compute bottleneck and
@@ -560,12 +714,12 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
                     if rep[i, 2] != rc:
                         continue
                     e_i, d_i = rep[i, 1], rep[i, 3]
-                    _remove_copy(e_i, rc, d_i, integral, nt, total, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt,
-                                 used, copies, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt, base, key, order)
-                    cand = _search(mk, 0.0, g, e_all, n_exp, n_dest, slots, integral, n, nt, total, is_host, hosts, nh,
-                                   nat_cnt, xh, rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, comp, vol, comp0,
-                                   vol0, rem, quota, o_src, o_dst, o_amt, base, key, order, saved, cand_e, cand_d, dest,
-                                   dest_cost)
+                    _move(e_i, rc, d_i, False, integral, n, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used,
+                          copies, node_of, rpn, p, st, sc, sq)
+                    sq_i = _score(comp, ct)[1]
+                    cand = _search(mk, sq_i, 0.0, g, e_all, n_exp, n_dest, slots, integral, n, total, is_host, hosts, nh,
+                                   nat_cnt, xh, rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, st, sc, cand_e,
+                                   cand_d, dest, dest_cost)
                     if cand[2] >= 0 and not (cand[2] == e_i and cand[3] == d_i):
                         best_mk, best_sq, best_e, best_d, best_s = cand
                         rep[i, :] = rep[n_rep - 1, :]  # the taken-back copy leaves the list
@@ -573,19 +727,19 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
                         moves[lay] -= 1
                         swaps += 1
                         break
-                    _add_copy(e_i, rc, d_i, integral, nt, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used,
-                              copies, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt, base, key, order)
+                    _move(e_i, rc, d_i, True, integral, n, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used,
+                          copies, node_of, rpn, p, st, sc, sq_i)
             if best_e < 0:
                 break
-            _add_copy(best_e, best_s, best_d, integral, nt, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used,
-                      copies, node_of, rpn, p, comp, vol, rem, quota, o_src, o_dst, o_amt, base, key, order)
+            _move(best_e, best_s, best_d, True, integral, n, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used,
+                  copies, node_of, rpn, p, st, sc, sq)
             rep[n_rep, 0] = lay
             rep[n_rep, 1] = best_e
             rep[n_rep, 2] = best_s
             rep[n_rep, 3] = best_d
             n_rep += 1
             moves[lay] += 1
-            mk, sq = _score(comp, vol, p)
+            mk, sq = _score(comp, ct)
             if (moves[lay] + swaps) % 4 == 0 and _now() > deadline:
                 finished = False
                 break
@@ -596,14 +750,14 @@ def plan_layers(loads, loads_t, nnz, native, node_of, rpn, p, slots, win, integr
                 continue
             for i in range(nh[e]):
                 r = hosts[e, i]
-                if nt[e, r] > 0.0:
+                if n[r, e] > 0.0:
                     ridx[n_route, 0] = lay
                     ridx[n_route, 1] = r
                     ridx[n_route, 2] = e
                     ridx[n_route, 3] = r
-                    rtok[n_route] = nt[e, r]
+                    rtok[n_route] = n[r, e]
                     n_route += 1
-            cnt = _map_remote(e, nt, is_host, hosts, nh[e], xh, rpn, rem, quota, o_src, o_dst, o_amt)
+            cnt = _map_remote(e, n, is_host, hosts, nh[e], xh, rpn, rem, quota, o_src, o_dst, o_amt)
             for k in range(cnt):
                 if o_amt[k] > 0.0:
                     ridx[n_route, 0] = lay
