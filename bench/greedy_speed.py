@@ -22,6 +22,8 @@ from probe_planner.solvers.greedy import run_kernel
 from probe_planner.traces import qwen3_prefill_loads
 
 SHAPES = [(64, 8), (128, 8), (256, 32), (256, 64)]
+THOROUGH = {"n_dest": 4, "n_exp": 2}
+FAST = {"n_dest": 1, "n_exp": 2}
 
 
 def zipf_loads(layers: int, g: int, e: int, tokens_per_rank: int, top_k: int, s: float, seed: int) -> np.ndarray:
@@ -61,9 +63,10 @@ def main() -> None:
     ap.add_argument("--trace-dir", default=None)
     args = ap.parse_args()
 
-    print("fast = greedy with n_dest=2, n_exp=1 (fewer candidates per move)")
-    print(f"{'E x G':>8} {'static us/layer':>16} {'greedy us/layer':>16} {'fast us/layer':>14} {'solve() us/layer':>17} "
-          f"{'makespan static->greedy (bound)':>32} {'imbalance static->greedy':>25}")
+    print(f"greedy = defaults; thorough = {THOROUGH}; fast = {FAST}. us/layer: median over repeats of the compiled kernel "
+          "(solve(): the whole call, validation excluded); makespan: us per layer, (bound) = lower bound")
+    print(f"{'E x G':>8} {'static':>7} {'greedy':>7} {'thorough':>9} {'fast':>6} {'solve()':>8}   "
+          f"{'makespan static / greedy / thorough / fast (bound)':>52}   {'imbalance static->greedy':>24}")
     for e, g in SHAPES:
         topo = topology(e, g)
         budget = Budget(window_us=args.window_us, time_limit_s=10.0)
@@ -71,17 +74,19 @@ def main() -> None:
         prob = Problem.build(loads, topo, budget)
         t_static = time_kernel(prob, 0, args.repeats)
         t_greedy = time_kernel(prob, None, args.repeats)
-        t_fast = time_kernel(prob, None, args.repeats, n_dest=2, n_exp=1)
-        fast = solve(loads, topo, budget, "greedy", n_dest=2, n_exp=1)
-        solve(loads, topo, budget, "greedy")
+        t_thorough = time_kernel(prob, None, args.repeats, **THOROUGH)
+        t_fast = time_kernel(prob, None, args.repeats, **FAST)
+        plans = {name: solve(loads, topo, budget, "greedy", **opts) for name, opts in
+                 (("greedy", {}), ("thorough", THOROUGH), ("fast", FAST))}
         t_solve = []
         for _ in range(max(3, args.repeats // 5)):
             p = solve(loads, topo, budget, "greedy")
             t_solve.append(p.solve_time_s)
         st = solve(loads, topo, budget, "static")
-        print(f"{e:>4}x{g:<3} {t_static:16.1f} {t_greedy:16.1f} {t_fast:14.1f} {np.median(t_solve) / args.layers * 1e6:17.1f} "
-              f"{st.makespan_us / args.layers:9.1f} -> {p.makespan_us / args.layers:8.1f} ({p.lower_bound_us / args.layers:7.1f}) "
-              f"[fast {fast.makespan_us / args.layers:8.1f}] {st.imbalance_ratio:12.3f} -> {p.imbalance_ratio:8.3f}")
+        per = [x.makespan_us / args.layers for x in (st, plans["greedy"], plans["thorough"], plans["fast"])]
+        print(f"{e:>4}x{g:<3} {t_static:7.1f} {t_greedy:7.1f} {t_thorough:9.1f} {t_fast:6.1f} "
+              f"{np.median(t_solve) / args.layers * 1e6:8.1f}   {per[0]:9.1f} / {per[1]:8.1f} / {per[2]:8.1f} / {per[3]:8.1f} "
+              f"({p.lower_bound_us / args.layers:7.1f})   {st.imbalance_ratio:13.3f} -> {p.imbalance_ratio:6.3f}")
 
     try:
         loads = qwen3_prefill_loads(8, args.trace_dir)

@@ -51,9 +51,9 @@ def canonical_loads(loads, topology: Topology, sources: Sources | None = None) -
     elif arr.ndim not in (2, 3) or arr.shape[-2] != g:
         hint = " (for [layers, E] loads pass sources='uniform')" if arr.ndim == 2 else ""
         raise LoadsError(f"per-source loads are [G={g}, E={e}] or [layers, G, E], got shape {list(arr.shape)}{hint}")
-    if arr.size and not np.isfinite(arr).all():
-        raise LoadsError(f"loads contain NaN or inf at index {np.argwhere(~np.isfinite(arr))[0].tolist()}")
-    if arr.size and (arr < 0).any():
+    if arr.size and not (arr.min() >= 0.0 and arr.max() < np.inf):  # two passes, no temporaries; NaN fails both
+        if not np.isfinite(arr).all():
+            raise LoadsError(f"loads contain NaN or inf at index {np.argwhere(~np.isfinite(arr))[0].tolist()}")
         raise LoadsError(f"loads must be >= 0; found {arr.min()} at index {np.argwhere(arr < 0)[0].tolist()}")
     if arr.shape[0] == 0:
         raise LoadsError("loads hold zero layers")

@@ -18,7 +18,7 @@ def kernel_params(prob: Problem, comm_weight: float = 2.0) -> np.ndarray:
     return np.concatenate([pr.vector(), [comm_weight, tau]])
 
 
-def run_kernel(prob: Problem, max_moves: int, n_dest: int = 4, n_exp: int = 2,
+def run_kernel(prob: Problem, max_moves: int, n_dest: int = 2, n_exp: int = 2,
                comm_weight: float | None = None, max_swaps: int = 0) -> SolverResult:
     topo = prob.topology
     for name, v in (("max_moves", max_moves), ("n_dest", n_dest), ("n_exp", n_exp), ("max_swaps", max_swaps)):
@@ -61,7 +61,7 @@ solve_static.prepare = prepare
 
 
 @register("greedy")
-def solve_greedy(prob: Problem, max_moves: int | None = None, n_dest: int = 4, n_exp: int = 2,
+def solve_greedy(prob: Problem, max_moves: int | None = None, n_dest: int = 2, n_exp: int = 2,
                  comm_weight: float | None = None, max_swaps: int = 0) -> SolverResult:
     """Greedy replication: relieve the bottleneck rank move by move while the makespan drops.
 

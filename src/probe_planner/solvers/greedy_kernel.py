@@ -45,7 +45,7 @@ def _now():
 FILL_W, FILL_TAU = 6, 7
 
 
-@nb.njit(cache=True, _nrt=False)
+@nb.njit(cache=True, _nrt=False, inline="always")
 def _waterfill(e, n, total, hosts, nh, xh, base, p, integral, key, order):
     """Split expert ``e``'s ``total`` tokens over its hosts: each keeps its local tokens; the rest
     raise the hosts with the lowest level to a common level, where ``base[i]`` is host ``i``'s level
@@ -168,7 +168,7 @@ def _map_remote(e, n, is_host, hosts, nh, xh, rpn, rem, quota, o_src, o_dst, o_a
     return cnt
 
 
-@nb.njit(cache=True, _nrt=False)
+@nb.njit(cache=True, _nrt=False, inline="always")
 def _contrib(e, n, hosts, nh, xh, is_host, node_of, rpn, nodes, nn, cv, supply, left):
     """Expert ``e``'s traffic, as :func:`_map_remote` routes it, on every rank of the nodes
     ``nodes[:nn]`` (which must include each host's node): ``cv[r] = (in intra, in inter, out intra,
@@ -427,6 +427,12 @@ def _cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies,
                     worst = j
             if cost >= dest_cost[worst]:
                 continue
+        same_node = False  # fast reject first: most ranks are on other nodes, where a copy is slow
+        for i in range(nat_cnt[e]):
+            if node_of[hosts[e, i]] == node_of[r]:
+                same_node = True
+        if not same_node and (copies[r, 1] + 1.0) * p[COPY_INTER] > win[r] * (1.0 + _TOL) + _TOL:
+            continue
         if _copy_source(e, r, nat_cnt, hosts, node_of, copies, win, p) < 0:
             continue
         if nd < n_dest:
@@ -682,6 +688,7 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
     n_route = 0
     moves = np.zeros(n_layers, np.int64)
     finished = True
+    work = 0
 
     for lay in range(n_layers):
         n = loads[lay]
@@ -691,7 +698,10 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
                   is_host, xh, st, sc)
         rep_start = n_rep
         searching = finished and max_moves > 0 and slots > 0
-        if searching and _now() > deadline:
+        # the clock costs ~0.6 us (numba objmode): read it every 4th unit of work (a layer's
+        # baseline or a move, each a few us at most)
+        work += 1
+        if searching and work % 4 == 1 and _now() > deadline:
             finished = False
             searching = False
         mk, sq = _score(comp, ct)
@@ -740,7 +750,8 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
             n_rep += 1
             moves[lay] += 1
             mk, sq = _score(comp, ct)
-            if (moves[lay] + swaps) % 4 == 0 and _now() > deadline:
+            work += 1
+            if work % 4 == 1 and _now() > deadline:
                 finished = False
                 break
         # emit the routes of split experts (local tokens first, then the remote mapping); a
