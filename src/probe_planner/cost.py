@@ -215,22 +215,35 @@ def lower_bound_us(topo: Topology, loads: np.ndarray, windows_us: np.ndarray,
     """``[L]`` lower bound on each layer's makespan that no valid plan can beat.
 
     compute: max(total roofline work / G, the hottest expert split over every rank that could host
-    it); comm: tokens a source must send because it cannot host their expert, over both its links.
-    The two bound different phases, so ``2·comm + compute`` is a bound. Derivation in
-    docs/formulation.md.
+    it); comm: :func:`comm_lower_bound_us`. The two bound different phases, so ``2·comm + compute``
+    is a bound. Derivation in docs/formulation.md.
     """
     p = params or CostParams.from_topology(topo)
     g = topo.num_ranks
-    native = topo.native
     n_e = loads.sum(axis=1)  # [L, E]
     work = np.where(n_e > 0, np.maximum(n_e * p.alpha_us, p.beta_us), 0.0)
+    hosts = _max_hosts(topo, windows_us, p)
+    hottest = np.where(n_e > 0, np.maximum(n_e * p.alpha_us / hosts, p.beta_us), 0.0).max(axis=1)
+    comp_lb = np.maximum(work.sum(axis=1) / g, hottest)
+    return 2.0 * comm_lower_bound_us(topo, loads, windows_us, p) + comp_lb
+
+
+def _max_hosts(topo: Topology, windows_us: np.ndarray, p: CostParams) -> np.ndarray:
+    """``[E]``: the most ranks that could hold each expert (natives plus copies the windows allow)."""
+    native = topo.native
     cap_in, cap_out = copy_capacity(topo, windows_us, p)
     can_receive = (cap_in >= 1)[:, None] & ~native  # [G, E]
     max_copies = np.minimum(can_receive.sum(axis=0), (cap_out[:, None] * native).sum(axis=0))
-    hosts = native.sum(axis=0) + max_copies  # [E]
-    hottest = np.where(n_e > 0, np.maximum(n_e * p.alpha_us / hosts, p.beta_us), 0.0).max(axis=1)
-    comp_lb = np.maximum(work.sum(axis=1) / g, hottest)
+    return native.sum(axis=0) + max_copies
 
+
+def comm_lower_bound_us(topo: Topology, loads: np.ndarray, windows_us: np.ndarray,
+                        params: CostParams | None = None) -> np.ndarray:
+    """``[L]`` lower bound on one all-to-all phase: the tokens a source must send because it cannot
+    host their expert, over all its links, and what some host of each expert must receive."""
+    p = params or CostParams.from_topology(topo)
+    native = topo.native
+    cap_in, _ = copy_capacity(topo, windows_us, p)
     # Tokens of s for experts s does not host natively must leave s, except for the cap_in[s]
     # experts it could take replicas of (best case: its heaviest ones).
     foreign = np.where(native[None], 0.0, loads)  # [L, G, E]
@@ -248,7 +261,7 @@ def lower_bound_us(topo: Topology, loads: np.ndarray, windows_us: np.ndarray,
     if topo.num_nodes > 1:
         rate += 1.0 / p.tok_inter_us
     send_lb = (forced.max(axis=1) / rate) if rate > 0 else np.zeros(loads.shape[0])
-    return 2.0 * np.maximum(send_lb, _receive_lb(topo, loads, hosts, p)) + comp_lb
+    return np.maximum(send_lb, _receive_lb(topo, loads, _max_hosts(topo, windows_us, p), p))
 
 
 def _receive_lb(topo: Topology, loads: np.ndarray, hosts: np.ndarray, p: CostParams) -> np.ndarray:

@@ -730,6 +730,13 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
                     cand = _search(mk, sq_i, 0.0, g, e_all, n_exp, n_dest, slots, integral, n, total, is_host, hosts, nh,
                                    nat_cnt, xh, rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, st, sc, cand_e,
                                    cand_d, dest, dest_cost)
+                    if cand[2] == e_i and cand[3] == d_i:  # the copy just taken back: look past it
+                        used_d = used[d_i]
+                        used[d_i] = slots
+                        cand = _search(mk, sq_i, 0.0, g, e_all, n_exp, n_dest, slots, integral, n, total, is_host, hosts,
+                                       nh, nat_cnt, xh, rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, st, sc,
+                                       cand_e, cand_d, dest, dest_cost)
+                        used[d_i] = used_d
                     if cand[2] >= 0 and not (cand[2] == e_i and cand[3] == d_i):
                         best_mk, best_sq, best_e, best_d, best_s = cand
                         rep[i, :] = rep[n_rep - 1, :]  # the taken-back copy leaves the list
