@@ -153,6 +153,14 @@ def test_validate_catches_route_to_non_host(good_plan):
         tampered(good_plan, route_idx=idx).validate()
 
 
+def test_validate_catches_a_source_left_out(good_plan):
+    idx, tok = good_plan.route_idx, good_plan.route_tok
+    src = idx[0, 1]
+    keep = ~((idx[:, 0] == idx[0, 0]) & (idx[:, 1] == src) & (idx[:, 2] == idx[0, 2]))
+    with pytest.raises(PlanInvalidError, match=f"source {src}, expert {idx[0, 2]}: routes carry 0 tokens"):
+        tampered(good_plan, route_idx=idx[keep], route_tok=tok[keep]).validate()
+
+
 def test_validate_catches_split_expert_without_routes(good_plan):
     keep = good_plan.route_idx[:, 2] != 0
     assert not keep.all()

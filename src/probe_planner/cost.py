@@ -73,53 +73,93 @@ def link_time_us(in_intra, in_inter, out_intra, out_inter, unit_intra, unit_inte
     return max(max(a, b), max(c, d))
 
 
+@nb.njit(cache=True, _nrt=False, fastmath={"reassoc", "nsz"})
+def single_host_pass(n, sole, sole_node, weight, node_of, total, ntot, vol):
+    """One pass over a layer's ``[G, E]`` loads: every expert's total ``total[e]`` and per-(node,
+    expert) totals ``ntot``, and each source's outgoing traffic for the experts with ``weight[e] = 1``
+    (those whose every token goes to their sole host ``sole[e]``, on node ``sole_node[e]``), written
+    to ``vol[s] = (0, 0, out intra, out inter)``. Reassociated sums vectorize; integral loads sum exactly."""
+    g, e_all = n.shape
+    for e in range(e_all):
+        total[e] = 0.0
+    for nd in range(ntot.shape[0]):
+        for e in range(e_all):
+            ntot[nd, e] = 0.0
+    for s in range(g):
+        ns = node_of[s]
+        row = 0.0
+        same = 0.0
+        local = 0.0
+        for e in range(e_all):
+            a = n[s, e]
+            total[e] += a
+            ntot[ns, e] += a
+            m = a * weight[e]
+            row += m
+            same += m if sole_node[e] == ns else 0.0
+            local += m if sole[e] == s else 0.0
+        vol[s, 0] = 0.0
+        vol[s, 1] = 0.0
+        vol[s, 2] = same - local
+        vol[s, 3] = row - same
+
+
 @nb.njit(cache=True)
 def _evaluate(loads, route_idx, route_tok, replicas, sole, node_of, p):
     """Per-(layer, rank) tokens processed, compute, comm and transfer µs; see :func:`evaluate`."""
     num_layers, num_ranks, num_experts = loads.shape
-    x = np.zeros((num_layers, num_ranks, num_experts))
     vol = np.zeros((num_layers, num_ranks, 4))  # in_intra, in_inter, out_intra, out_inter
+    processed = np.zeros((num_layers, num_ranks))
+    comp = np.zeros((num_layers, num_ranks))
     listed = np.zeros((num_layers, num_experts), np.bool_)
     for i in range(route_idx.shape[0]):
-        lay, s, e, d = route_idx[i, 0], route_idx[i, 1], route_idx[i, 2], route_idx[i, 3]
-        listed[lay, e] = True
+        listed[route_idx[i, 0], route_idx[i, 2]] = True
+    # unlisted experts: every token to the sole host (probe_planner.routes)
+    sole_node = np.full(num_experts, -1, np.int64)
+    for e in range(num_experts):
+        if sole[e] >= 0:
+            sole_node[e] = node_of[sole[e]]
+    weight = np.zeros(num_experts)
+    total = np.zeros(num_experts)
+    ntot = np.zeros((node_of[num_ranks - 1] + 1, num_experts))
+    for lay in range(num_layers):
+        for e in range(num_experts):
+            weight[e] = 1.0 if sole[e] >= 0 and not listed[lay, e] else 0.0
+        single_host_pass(loads[lay], sole, sole_node, weight, node_of, total, ntot, vol[lay])
+        for e in range(num_experts):
+            if weight[e] > 0.0 and total[e] > 0.0:
+                d = sole[e]
+                comp[lay, d] += expert_time_us(total[e], p[ALPHA], p[BETA])
+                processed[lay, d] += total[e]
+                vol[lay, d, 0] += ntot[sole_node[e], e] - loads[lay, d, e]
+                vol[lay, d, 1] += total[e] - ntot[sole_node[e], e]
+    # listed routes: traffic per entry, compute per (layer, rank, expert) group
+    keys = (route_idx[:, 0] * num_ranks + route_idx[:, 3]) * num_experts + route_idx[:, 2]
+    order = np.argsort(keys)
+    acc = 0.0
+    for j in range(order.size):
+        i = order[j]
+        lay, s, d = route_idx[i, 0], route_idx[i, 1], route_idx[i, 3]
         t = route_tok[i]
-        x[lay, d, e] += t
+        acc += t
         if s != d:
             k = 0 if node_of[s] == node_of[d] else 1
             vol[lay, d, k] += t
             vol[lay, s, 2 + k] += t
-    for lay in range(num_layers):  # unlisted experts: every token to the sole host (probe_planner.routes)
-        for s in range(num_ranks):
-            for e in range(num_experts):
-                d = sole[e]
-                t = loads[lay, s, e]
-                if listed[lay, e] or d < 0 or t <= 0.0:
-                    continue
-                x[lay, d, e] += t
-                if s != d:
-                    k = 0 if node_of[s] == node_of[d] else 1
-                    vol[lay, d, k] += t
-                    vol[lay, s, 2 + k] += t
+        if j + 1 == order.size or keys[order[j + 1]] != keys[i]:  # last entry of its group
+            comp[lay, d] += expert_time_us(acc, p[ALPHA], p[BETA])
+            processed[lay, d] += acc
+            acc = 0.0
     copies = np.zeros((num_layers, num_ranks, 4))
     for i in range(replicas.shape[0]):
         lay, src, dst = replicas[i, 0], replicas[i, 2], replicas[i, 3]
         k = 0 if node_of[src] == node_of[dst] else 1
         copies[lay, dst, k] += 1.0
         copies[lay, src, 2 + k] += 1.0
-    processed = np.zeros((num_layers, num_ranks))
-    comp = np.zeros((num_layers, num_ranks))
     comm = np.zeros((num_layers, num_ranks))
     trans = np.zeros((num_layers, num_ranks))
     for lay in range(num_layers):
         for r in range(num_ranks):
-            acc = 0.0
-            tok = 0.0
-            for e in range(num_experts):
-                acc += expert_time_us(x[lay, r, e], p[ALPHA], p[BETA])
-                tok += x[lay, r, e]
-            comp[lay, r] = acc
-            processed[lay, r] = tok
             v = vol[lay, r]
             comm[lay, r] = link_time_us(v[0], v[1], v[2], v[3], p[TOK_INTRA], p[TOK_INTER])
             c = copies[lay, r]

@@ -66,8 +66,9 @@ class Plan:
     def num_layers(self) -> int:
         return self.loads.shape[0]
 
-    @property
+    @cached_property
     def integral(self) -> bool:
+        """Whether the loads are whole tokens (then every route must be)."""
         return bool(np.all(self.loads == np.floor(self.loads)))
 
     def layer(self, index: int) -> LayerPlan:
@@ -184,13 +185,14 @@ class Plan:
         if (per_slot > topo.slots).any():
             k = int(np.argmax(per_slot))
             raise PlanInvalidError(f"rank {k % G} receives {per_slot[k]} replicas in layer {k // G}, slots={topo.slots}")
-        host = np.broadcast_to(native, (L, G, E)).copy()
-        host[lay, d, e] = True
+        n_hosts = np.broadcast_to(native.sum(axis=0), (L, E)).copy()
+        np.add.at(n_hosts, (lay, e), 1)
         listed = listed_pairs(ri, L, E)
-        split = ~listed & (host.sum(axis=1) != 1) & (self.loads.sum(axis=1) > 0)
+        load_le = self.loads.sum(axis=1)  # [L, E]
+        split = ~listed & (n_hosts != 1) & (load_le > 0)
         if split.any():
             lo, eo = np.argwhere(split)[0]
-            raise PlanInvalidError(f"layer {lo}, expert {eo}: {host[lo, :, eo].sum()} hosts but no routes listed "
+            raise PlanInvalidError(f"layer {lo}, expert {eo}: {n_hosts[lo, eo]} hosts but no routes listed "
                                    "(only an expert with one host may leave its routes implicit)")
         win = self.budget.windows(G)
         trans = self.metrics.transfer_per_rank_us
@@ -199,19 +201,32 @@ class Plan:
             lo, r = np.argwhere(over)[0]
             raise PlanInvalidError(f"rank {r} in layer {lo}: replica transfers take {trans[lo, r]:.3f} us > window {win[r]:.3f} us")
 
-        bad = np.flatnonzero(~host[ri[:, 0], ri[:, 3], ri[:, 2]])
+        rl, rs, re_, rd = ri.T
+        held = native[rd, re_] | np.isin((rl * E + re_) * G + rd, key)
+        bad = np.flatnonzero(~held)
         if bad.size:
             raise PlanInvalidError(f"route {ri[bad[0]].tolist()} sends tokens to a rank that does not hold the expert")
-        rkey = ((ri[:, 0] * G + ri[:, 1]) * E + ri[:, 2]) * G + ri[:, 3]
+        rkey = ((rl * G + rs) * E + re_) * G + rd
         if np.unique(rkey).size != rkey.size:
             raise PlanInvalidError("route entries repeat a (layer, source, expert, destination)")
-        sums = np.bincount((ri[:, 0] * G + ri[:, 1]) * E + ri[:, 2], weights=rt, minlength=L * G * E).reshape(L, G, E)
-        diff = np.abs(sums - self.loads)
-        off = (diff > _REL_TOL * np.maximum(1.0, self.loads)) & listed[:, None, :]
-        if off.any():
-            lo, so, eo = np.argwhere(off)[0]
-            raise PlanInvalidError(
-                f"layer {lo}, source {so}, expert {eo}: routes carry {sums[lo, so, eo]} tokens, loads say {self.loads[lo, so, eo]}")
+        # conservation, listed pairs only: each (layer, source, expert) with entries carries its load ...
+        pk, inv = np.unique((rl * G + rs) * E + re_, return_inverse=True)
+        sums = np.bincount(inv.reshape(-1), weights=rt, minlength=pk.size)
+        want = self.loads.reshape(-1)[pk]
+        off = np.flatnonzero(np.abs(sums - want) > _REL_TOL * np.maximum(1.0, want))
+        if off.size:
+            k = pk[off[0]]
+            raise PlanInvalidError(f"layer {k // (G * E)}, source {k // E % G}, expert {k % E}: routes carry "
+                                   f"{sums[off[0]]} tokens, loads say {want[off[0]]}")
+        # ... and no source with tokens for a listed expert is left without entries
+        covered = np.bincount((pk // (G * E)) * E + pk % E, weights=want > 0, minlength=L * E).reshape(L, E)
+        needed = np.count_nonzero(self.loads > 0, axis=1)
+        gap = listed & (covered < needed)
+        if gap.any():
+            lo, eo = np.argwhere(gap)[0]
+            have = set((pk[(pk // (G * E) == lo) & (pk % E == eo)] // E % G).tolist())
+            so = next(s_ for s_ in range(G) if self.loads[lo, s_, eo] > 0 and s_ not in have)
+            raise PlanInvalidError(f"layer {lo}, source {so}, expert {eo}: routes carry 0 tokens, loads say {self.loads[lo, so, eo]}")
         if self.integral and not np.all(rt == np.floor(rt)):
             i = np.flatnonzero(rt != np.floor(rt))[0]
             raise PlanInvalidError(f"loads are integral but route {ri[i].tolist()} carries {rt[i]} tokens")

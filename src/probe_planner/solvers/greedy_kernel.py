@@ -28,7 +28,7 @@ import time
 import numba as nb
 import numpy as np
 
-from ..cost import ALPHA, BETA, COPY_INTER, COPY_INTRA, TOK_INTER, TOK_INTRA, expert_time_us, link_time_us
+from ..cost import ALPHA, BETA, COPY_INTER, COPY_INTRA, TOK_INTER, TOK_INTRA, expert_time_us, link_time_us, single_host_pass
 
 _TOL = 1e-9
 
@@ -350,35 +350,6 @@ def _node_max(nd, rpn, st):
     node_mm[nd] = mm
 
 
-@nb.njit(cache=True, _nrt=False, fastmath={"reassoc", "nsz"})
-def _baseline_pass(n, sole, sole_node, sole_w, node_of, total, ntot, vol):
-    """One pass over the ``[G, E]`` loads: per-expert totals, per-(node, expert) totals and every
-    source's outgoing traffic for the single-host experts (reassociated sums vectorize)."""
-    g, e_all = n.shape
-    for e in range(e_all):
-        total[e] = 0.0
-    for nd in range(ntot.shape[0]):
-        for e in range(e_all):
-            ntot[nd, e] = 0.0
-    for s in range(g):
-        ns = node_of[s]
-        row_sole = 0.0
-        same = 0.0
-        local = 0.0
-        for e in range(e_all):
-            a = n[s, e]
-            total[e] += a
-            ntot[ns, e] += a
-            m = a * sole_w[e]
-            row_sole += m
-            same += m if sole_node[e] == ns else 0.0
-            local += m if sole[e] == s else 0.0
-        vol[s, 0] = 0.0
-        vol[s, 1] = 0.0
-        vol[s, 2] = same - local
-        vol[s, 3] = row_sole - same
-
-
 @nb.njit(cache=True, _nrt=False)
 def _copy_fits(r, incoming, link, copies, win, p):
     """Would one more copy in (``incoming``) or out of rank ``r`` over ``link`` fit its window?"""
@@ -565,7 +536,7 @@ def _baseline(n, sole, sole_node, sole_w, multi, n_multi, node_of, rpn, p, integ
     comp, vol, ct = st[0], st[1], st[2]
     nodes, nflag, cvn, base, key, supply, left, order = sc[0], sc[1], sc[4], sc[9], sc[10], sc[12], sc[13], sc[14]
     g, e_all = n.shape
-    _baseline_pass(n, sole, sole_node, sole_w, node_of, total, ntot, vol)
+    single_host_pass(n, sole, sole_node, sole_w, node_of, total, ntot, vol)
     for r in range(g):
         comp[r] = 0.0
     for e in range(e_all):
