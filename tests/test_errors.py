@@ -224,7 +224,7 @@ def test_validate_catches_out_of_range(good_plan):
 
 
 @pytest.mark.parametrize("options", [{"max_moves": "many"}, {"max_moves": 1.5}, {"comm_weight": -1.0},
-                                     {"comm_weight": "x"}, {"max_swaps": -2}])
+                                     {"comm_weight": "x"}, {"max_swaps": -2}, {"lookahead": 0.5}])
 def test_bad_greedy_options(options):
     topo = make_topology(1, 2, 2, slots=1)
     with pytest.raises(SolverError, match="greedy option"):

@@ -19,9 +19,10 @@ def kernel_params(prob: Problem, comm_weight: float = 2.0) -> np.ndarray:
 
 
 def run_kernel(prob: Problem, max_moves: int, n_dest: int = 2, n_exp: int = 2,
-               comm_weight: float | None = None, max_swaps: int = 0) -> SolverResult:
+               comm_weight: float | None = None, max_swaps: int = 0, lookahead: int = 0) -> SolverResult:
     topo = prob.topology
-    for name, v in (("max_moves", max_moves), ("n_dest", n_dest), ("n_exp", n_exp), ("max_swaps", max_swaps)):
+    for name, v in (("max_moves", max_moves), ("n_dest", n_dest), ("n_exp", n_exp), ("max_swaps", max_swaps),
+                    ("lookahead", lookahead)):
         least = 1 if name in ("n_dest", "n_exp") else 0
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
             raise SolverError(f"greedy option {name} must be an integer >= {least}, got {v!r}")
@@ -32,7 +33,7 @@ def run_kernel(prob: Problem, max_moves: int, n_dest: int = 2, n_exp: int = 2,
     rep, ridx, rtok, moves, finished = plan_layers(
         prob.loads, topo.native, topo.node_of, topo.ranks_per_node,
         kernel_params(prob, comm_weight), topo.slots, prob.windows_us, prob.integral, int(max_moves), int(n_dest),
-        int(n_exp), int(max_swaps), prob.deadline)
+        int(n_exp), int(max_swaps), int(lookahead), prob.deadline)
     return SolverResult(rep, ridx, rtok, {"moves": moves, "finished": bool(finished)})
 
 
@@ -46,7 +47,7 @@ def prepare() -> None:
         z = np.zeros((1, 1, 1))
         native = np.ones((1, 1), dtype=bool)
         native.setflags(write=False)  # same array types as Topology.native, so the same specialization
-        plan_layers(z, native, np.zeros(1, np.int64), 1, np.ones(8), 1, np.zeros(1), True, 1, 1, 1, 0, float("inf"))
+        plan_layers(z, native, np.zeros(1, np.int64), 1, np.ones(8), 1, np.zeros(1), True, 1, 1, 1, 0, 0, float("inf"))
         _ready = True
 
 
@@ -62,7 +63,7 @@ solve_static.prepare = prepare
 
 @register("greedy")
 def solve_greedy(prob: Problem, max_moves: int | None = None, n_dest: int = 2, n_exp: int = 2,
-                 comm_weight: float | None = None, max_swaps: int = 0) -> SolverResult:
+                 comm_weight: float | None = None, max_swaps: int = 0, lookahead: int = 0) -> SolverResult:
     """Greedy replication: relieve the bottleneck rank move by move while the makespan drops.
 
     max_moves: cap on replicas per layer (default: every slot); n_dest: destinations tried per
@@ -71,12 +72,17 @@ def solve_greedy(prob: Problem, max_moves: int | None = None, n_dest: int = 2, n
     default 0 on one node, where NVLink makes compute the scarce resource, and 2 across nodes, where
     the slower NIC does — measured best on Zipf loads and the Qwen3 trace, bench/greedy_speed.py);
     max_swaps: swap attempts per layer when stuck (take back a copy the compute bottleneck sent and
-    spend its window better): 0-2.5% better makespans for ~2x the time, so off by default.
+    spend its window better); lookahead: attempts per layer to add a copy together with re-splitting
+    the split experts it shares hosts with (also used by swaps). Both off by default: with
+    ``max_swaps=4, lookahead=4`` window-starved layers (a hot rank that can send only a copy or two)
+    get up to 20% shorter makespans, other loads -0.5..+2%, for ~1.5-2x the time
+    (bench/greedy_speed.py). When no copy helps, every split expert is re-split once under the
+    current loads (always on: an earlier split was made under loads that later copies changed).
     """
     topo = prob.topology
     if max_moves is None:
         max_moves = topo.num_ranks * topo.slots
-    return run_kernel(prob, max_moves, n_dest, n_exp, comm_weight, max_swaps)
+    return run_kernel(prob, max_moves, n_dest, n_exp, comm_weight, max_swaps, lookahead)
 
 
 solve_greedy.prepare = prepare

@@ -230,15 +230,15 @@ def _score(comp, ct):
 
 @nb.njit(cache=True, _nrt=False)
 def _rehost(e, d, add, n, total, hosts, nh, is_host, xh, node_of, rpn, p, integral, st, sc, sq_all):
-    """Tentatively make ``d`` a host of ``e`` (``add``) or stop it hosting ``e``; re-split ``e``'s
-    tokens and compute the new values of the ranks this touches (those on the hosts' nodes) into
+    """Tentatively make ``d`` a host of ``e`` (``add``) or stop it hosting ``e`` (``d < 0``: keep the
+    hosts); re-split ``e``'s tokens and compute the new values of the ranks this touches (those on the hosts' nodes) into
     the scratch ``sc``. Returns ``(makespan, sum of squares, number of touched ranks)``; the state
     ``st`` is unchanged — follow with :func:`_revert` or :func:`_commit`."""
     comp, vol, ct, node_mc, node_mm = st
     nodes, nflag, aff, cvo, cvn, nc, nv, nct, oldt, base, key, saved_x, supply, left, order, saved_h = sc
     k = nh[e]
     nn = 0
-    for i in range(k + 1):
+    for i in range(k + 1 if d >= 0 else k):
         nd = node_of[d if i == k else hosts[e, i]]
         if not nflag[nd]:
             nflag[nd] = True
@@ -250,7 +250,9 @@ def _rehost(e, d, add, n, total, hosts, nh, is_host, xh, node_of, rpn, p, integr
         saved_x[i] = xh[e, i]
         saved_h[i] = h
         oldt[h] = expert_time_us(xh[e, i], p[ALPHA], p[BETA])
-    if add:
+    if d < 0:
+        k2 = k
+    elif add:
         oldt[d] = 0.0
         hosts[e, k] = d
         is_host[e, d] = True
@@ -317,15 +319,17 @@ def _revert(e, d, add, hosts, nh, is_host, xh, sc):
     for i in range(nh[e]):
         xh[e, i] = saved_x[i]
         hosts[e, i] = saved_h[i]
-    is_host[e, d] = not add
+    if d >= 0:
+        is_host[e, d] = not add
 
 
 @nb.njit(cache=True, _nrt=False)
-def _commit(e, add, nh, rpn, st, sc, na):
+def _commit(e, d, add, nh, rpn, st, sc, na):
     """Keep what :func:`_rehost` computed: the touched ranks' new values and their nodes' maxima."""
     comp, vol, ct, node_mc, node_mm = st
     aff, nc, nv, nct = sc[2], sc[5], sc[6], sc[7]
-    nh[e] += 1 if add else -1
+    if d >= 0:
+        nh[e] += 1 if add else -1
     for i in range(na):
         r = aff[i]
         comp[r] = nc[r]
@@ -421,7 +425,7 @@ def _move(e, src, d, add, integral, n, total, is_host, hosts, nh, xh, rank_exp, 
           p, st, sc, sq_all):
     """Carry out a copy of ``e`` from ``src`` to ``d`` (``add``) or take it back."""
     na = _rehost(e, d, add, n, total, hosts, nh, is_host, xh, node_of, rpn, p, integral, st, sc, sq_all)[2]
-    _commit(e, add, nh, rpn, st, sc, na)
+    _commit(e, d, add, nh, rpn, st, sc, na)
     sign = 1.0 if add else -1.0
     link = 0 if node_of[src] == node_of[d] else 1
     copies[d, link] += sign
@@ -530,6 +534,125 @@ def _search(mk, sq_all, sq_bar, g, e_all, n_exp, n_dest, slots, integral, n, tot
 
 
 @nb.njit(cache=True, _nrt=False)
+def _snapshot(st, snap, to_snap):
+    """Copy the ranks' state into ``snap`` (``to_snap``) or back (explicit loops: no NRT here)."""
+    a, b = (st, snap) if to_snap else (snap, st)
+    for r in range(a[0].shape[0]):
+        b[0][r] = a[0][r]
+        b[2][r] = a[2][r]
+        for q in range(4):
+            b[1][r, q] = a[1][r, q]
+    for q in range(a[3].shape[0]):
+        b[3][q] = a[3][q]
+        b[4][q] = a[4][q]
+
+
+@nb.njit(cache=True, _nrt=False)
+def _lookahead(mk, g, n_exp, n_dest, slots, integral, n, total, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt,
+               used, copies, win, node_of, rpn, p, st, sc, snap, cand_e, dest, dest_cost, sv_e, sv_h, sv_x):
+    """When no single copy helps: try each candidate copy together with re-splitting the split
+    experts that share a host with it — a split made earlier, under other loads, may be what makes
+    the copy look useless (e.g. a hot expert's second host kept the share it took while the source
+    was busier). Keeps the first combination that lowers the makespan ``mk`` and returns
+    ``(expert, dst, src)``; expert -1 and the state unchanged when none does."""
+    comp, ct = st[0], st[2]
+    rc = 0
+    rm = 0
+    for r in range(g):
+        if comp[r] > comp[rc]:
+            rc = r
+        if ct[r] > ct[rm]:
+            rm = r
+    n_cand = 0
+    for kind in range(2):  # the heaviest experts on the compute bottleneck, the most received on the link one
+        r0 = rc if kind == 0 else rm
+        for _ in range(n_exp):
+            be = -1
+            bv = 0.0
+            for j in range(rank_cnt[r0]):
+                e = rank_exp[r0, j]
+                if nh[e] >= g:
+                    continue
+                v = 0.0
+                for i in range(nh[e]):
+                    if hosts[e, i] == r0:
+                        v = xh[e, i] if kind == 0 else xh[e, i] - n[r0, e]
+                dup = False
+                for c in range(n_cand):
+                    if cand_e[c] == e:
+                        dup = True
+                if v > bv and not dup:
+                    bv = v
+                    be = e
+            if be < 0:
+                break
+            cand_e[n_cand] = be
+            n_cand += 1
+    for c in range(n_cand):
+        e = cand_e[c]
+        nd = _cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies, win, p, comp, ct, n_dest, dest,
+                             dest_cost)
+        for j in range(nd):
+            d = dest[j]
+            src = _copy_source(e, d, nat_cnt, hosts, node_of, copies, win, p)
+            if src < 0:
+                continue
+            _snapshot(st, snap, True)
+            k = nh[e]
+            for i in range(k):
+                sv_h[0, i] = hosts[e, i]
+                sv_x[0, i] = xh[e, i]
+            ns = 1
+            cur_sq = _score(comp, ct)[1]
+            _move(e, src, d, True, integral, n, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used, copies, node_of,
+                  rpn, p, st, sc, cur_sq)
+            cur_mk, cur_sq = _score(comp, ct)
+            for i in range(nh[e]):
+                h = hosts[e, i]
+                for q in range(rank_cnt[h]):
+                    e2 = rank_exp[h, q]
+                    if e2 == e or nh[e2] < 2:
+                        continue
+                    seen = False
+                    for t in range(1, ns):
+                        if sv_e[t] == e2:
+                            seen = True
+                    if seen:
+                        continue
+                    sv_e[ns] = e2
+                    for t in range(nh[e2]):
+                        sv_x[ns, t] = xh[e2, t]
+                    ns += 1
+                    new_mk, new_sq, na = _rehost(e2, -1, False, n, total, hosts, nh, is_host, xh, node_of, rpn, p,
+                                                 integral, st, sc, cur_sq)
+                    if new_mk < cur_mk * (1.0 - _TOL) - _TOL or (new_mk <= cur_mk * (1.0 + _TOL) + _TOL
+                                                                 and new_sq < cur_sq * (1.0 - 1e-6)):
+                        _commit(e2, -1, False, nh, rpn, st, sc, na)
+                        cur_mk, cur_sq = _score(comp, ct)
+                    else:
+                        _revert(e2, -1, False, hosts, nh, is_host, xh, sc)
+            if cur_mk < mk * (1.0 - _TOL) - _TOL:
+                return e, d, src
+            # undo: the copy's bookkeeping, the experts' rows, the ranks' state
+            link = 0 if node_of[src] == node_of[d] else 1
+            copies[d, link] -= 1.0
+            copies[src, 2 + link] -= 1.0
+            used[d] -= 1
+            rank_cnt[d] -= 1  # the copy was appended last
+            is_host[e, d] = False
+            nh[e] = k
+            for i in range(k):
+                hosts[e, i] = sv_h[0, i]
+                xh[e, i] = sv_x[0, i]
+            for t in range(1, ns):
+                e2 = sv_e[t]
+                for i in range(nh[e2]):
+                    xh[e2, i] = sv_x[t, i]
+            _snapshot(st, snap, False)
+    return -1, -1, -1
+
+
+@nb.njit(cache=True, _nrt=False)
 def _baseline(n, sole, sole_node, sole_w, multi, n_multi, node_of, rpn, p, integral, total, ntot, hosts, nh, nat_cnt,
               is_host, xh, st, sc):
     """The layer's state under the baseline placement (no replicas)."""
@@ -589,7 +712,8 @@ def _baseline(n, sole, sole_node, sole_w, multi, n_multi, node_of, rpn, p, integ
 
 
 @nb.njit(cache=True)
-def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves, n_dest, n_exp, max_swaps, deadline):
+def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves, n_dest, n_exp, max_swaps, max_look,
+                deadline):
     """Plan every layer of ``loads [L, G, E]``.
 
     Returns ``(replicas [R, 4] (layer, expert, src, dst), route_idx [N, 4] (layer, src, expert, dst),
@@ -646,6 +770,12 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
     cand_d = np.zeros(3 * n_exp, np.int64)  # -1: try the cheapest eligible ranks
     dest = np.zeros(n_dest, np.int64)
     dest_cost = np.zeros(n_dest)
+    snap = (np.zeros(g), np.zeros((g, 4)), np.zeros(g), np.zeros(n_nodes), np.zeros(n_nodes))
+    snap2 = (np.zeros(g), np.zeros((g, 4)), np.zeros(g), np.zeros(n_nodes), np.zeros(n_nodes))
+    n_sv = min(e_all, g * min(slots, e_all) + e_all) + 1
+    sv_e = np.zeros(n_sv, np.int64)
+    sv_h = np.zeros((n_sv, g), np.int64)
+    sv_x = np.zeros((n_sv, g))
 
     rep = np.empty((max(n_layers * g * min(slots, e_all), 1), 4), np.int64)  # a rank copies each expert once at most
     n_rep = 0
@@ -677,6 +807,8 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
             searching = False
         mk, sq = _score(comp, ct)
         swaps = 0
+        resplit_from = -1  # the replica count at the last re-split pass
+        looks = 0
         while searching and moves[lay] < max_moves:
             best_mk, best_sq, best_e, best_d, best_s = _search(
                 mk, sq, sq, g, e_all, n_exp, n_dest, slots, integral, n, total, is_host, hosts, nh, nat_cnt, xh,
@@ -691,13 +823,31 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
                         rc = r
                 if _copy_fits(rc, False, 0, copies, win, p) or _copy_fits(rc, False, 1, copies, win, p):
                     break  # rc could still send a copy: its window is not what holds the plan back
+                swapped = False
                 for i in range(rep_start, n_rep):
                     if rep[i, 2] != rc:
                         continue
                     e_i, d_i = rep[i, 1], rep[i, 3]
+                    k_i = nh[e_i]
+                    for t in range(k_i):  # the last save row: _lookahead uses the others
+                        sv_h[n_sv - 1, t] = hosts[e_i, t]
+                        sv_x[n_sv - 1, t] = xh[e_i, t]
+                    _snapshot(st, snap2, True)
                     _move(e_i, rc, d_i, False, integral, n, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used,
                           copies, node_of, rpn, p, st, sc, sq)
                     sq_i = _score(comp, ct)[1]
+                    if max_look > 0:  # spend the freed window on a copy plus the re-splits it needs
+                        le, ld, ls = _lookahead(mk, g, n_exp, n_dest, slots, integral, n, total, is_host, hosts, nh,
+                                                nat_cnt, xh, rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, st,
+                                                sc, snap, cand_e, dest, dest_cost, sv_e, sv_h, sv_x)
+                        if le >= 0:
+                            rep[i, 1] = le
+                            rep[i, 2] = ls
+                            rep[i, 3] = ld
+                            swaps += 1
+                            mk, sq = _score(comp, ct)
+                            swapped = True
+                            break
                     cand = _search(mk, sq_i, 0.0, g, e_all, n_exp, n_dest, slots, integral, n, total, is_host, hosts, nh,
                                    nat_cnt, xh, rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, st, sc, cand_e,
                                    cand_d, dest, dest_cost)
@@ -715,8 +865,53 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
                         moves[lay] -= 1
                         swaps += 1
                         break
-                    _move(e_i, rc, d_i, True, integral, n, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used,
-                          copies, node_of, rpn, p, st, sc, sq_i)
+                    # no better use of the window: put the copy back exactly as it was
+                    link = 0 if node_of[rc] == node_of[d_i] else 1
+                    copies[d_i, link] += 1.0
+                    copies[rc, 2 + link] += 1.0
+                    used[d_i] += 1
+                    rank_exp[d_i, rank_cnt[d_i]] = e_i
+                    rank_cnt[d_i] += 1
+                    is_host[e_i, d_i] = True
+                    nh[e_i] = k_i
+                    for t in range(k_i):
+                        hosts[e_i, t] = sv_h[n_sv - 1, t]
+                        xh[e_i, t] = sv_x[n_sv - 1, t]
+                    _snapshot(st, snap2, False)
+                if swapped:
+                    continue
+            if best_e < 0 and resplit_from < n_rep:
+                # stuck: the splits of earlier copies were made under loads that later moves
+                # changed; re-split every split expert once and search again if that helped
+                resplit_from = n_rep
+                better = False
+                for e in range(e_all):
+                    if nh[e] < 2:
+                        continue
+                    new_mk, new_sq, na = _rehost(e, -1, False, n, total, hosts, nh, is_host, xh, node_of, rpn, p,
+                                                 integral, st, sc, sq)
+                    if new_mk < mk * (1.0 - _TOL) - _TOL or (new_mk <= mk * (1.0 + _TOL) + _TOL and new_sq < sq * (1.0 - 1e-6)):
+                        _commit(e, -1, False, nh, rpn, st, sc, na)
+                        mk, sq = _score(comp, ct)
+                        better = True
+                    else:
+                        _revert(e, -1, False, hosts, nh, is_host, xh, sc)
+                if better:
+                    continue
+            if best_e < 0 and looks < max_look:
+                looks += 1
+                best_e, best_d, best_s = _lookahead(
+                    mk, g, n_exp, n_dest, slots, integral, n, total, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt,
+                    used, copies, win, node_of, rpn, p, st, sc, snap, cand_e, dest, dest_cost, sv_e, sv_h, sv_x)
+                if best_e >= 0:  # already carried out, with the re-splits it needed
+                    rep[n_rep, 0] = lay
+                    rep[n_rep, 1] = best_e
+                    rep[n_rep, 2] = best_s
+                    rep[n_rep, 3] = best_d
+                    n_rep += 1
+                    moves[lay] += 1
+                    mk, sq = _score(comp, ct)
+                    continue
             if best_e < 0:
                 break
             _move(best_e, best_s, best_d, True, integral, n, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used,
