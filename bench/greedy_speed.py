@@ -22,7 +22,7 @@ from probe_planner.solvers.greedy import run_kernel
 from probe_planner.traces import qwen3_prefill_loads
 
 SHAPES = [(64, 8), (128, 8), (256, 32), (256, 64)]
-THOROUGH = {"n_dest": 4, "n_exp": 2}
+THOROUGH = {"n_dest": 4, "max_swaps": 4, "lookahead": 4}
 FAST = {"n_dest": 1, "n_exp": 2}
 
 
