@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ..cost import CostParams, comm_lower_bound_us
+from ..cost import CostParams
 from ..topology import Topology
 
 
@@ -95,26 +95,20 @@ def candidate_copies(topo: Topology, windows_us: np.ndarray, params: CostParams)
 
 def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray, params: CostParams,
                       fixed_hosts: np.ndarray | None = None, integral_flows: bool = False,
-                      form: str = "auto", ub_us: float | None = None) -> LayerModel:
+                      form: str = "auto") -> LayerModel:
     """The layer's MILP (``fixed_hosts=None``) or, for a ``[G, E]`` host mask, its token LP.
 
     loads: ``[G, E]`` tokens of one layer. ``integral_flows``: whole tokens (exact for integral
     loads; otherwise flows are continuous and the model is a relaxation of the integral problem).
     form: ``"flow"`` (per-source flows, any cluster), ``"node"`` (per-host processed and local
     tokens, exact on a single node and several times smaller) or ``"auto"`` (node form on one node).
-    ub_us: the makespan of a known plan. Then only plans at least as good are modelled, which
-    allows much tighter host rows (:func:`host_capacity`): the optimum is unchanged, the LP
-    relaxation is far stronger.
     """
-    cap = host_capacity(loads, topo, windows_us, params, ub_us, integral_flows) if fixed_hosts is None else np.inf
     if form == "auto":
         form = "node" if topo.num_nodes == 1 or _node_form_smaller(loads, topo, windows_us, params, fixed_hosts) else "flow"
     if form == "node":
         if topo.num_nodes == 1:
-            m = _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral_flows, cap)
-        else:
-            m = _build_multinode_model(loads, topo, windows_us, params, fixed_hosts, integral_flows, cap)
-        return m
+            return _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral_flows)
+        return _build_multinode_model(loads, topo, windows_us, params, fixed_hosts, integral_flows)
     if form != "flow":
         raise ValueError(f"form must be 'flow', 'node' or 'auto', got {form!r}")
     g, e_all = loads.shape
@@ -144,11 +138,10 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
     pair = np.unique(f_s * e_all + f_e, return_inverse=True)[1]
     rhs = loads[s_idx, e_idx]  # np.nonzero order == sorted (s, e) order == unique order
     rows.add(y0 + np.arange(F), np.ones(F), pair, rhs, rhs)
-    # activation: Σ_s y[s, e, r] - min(n_e, cap) a[e, r] <= 0
+    # activation: Σ_s y[s, e, r] - n_e a[e, r] <= 0
     rows.add(np.concatenate([y0 + np.arange(F), a0 + np.arange(H)]),
-             np.concatenate([np.ones(F), -np.minimum(n_e[h_e], cap)]),
+             np.concatenate([np.ones(F), -n_e[h_e]]),
              np.concatenate([f_h, np.arange(H)]), np.full(H, -np.inf), np.zeros(H))
-    _cover_rows(rows, n_e, h_e, cap, a0)
     # the same per source, y[s, e, r] <= n[s, e] a[e, r]: redundant for integral a, much tighter LP
     if fixed_hosts is None:
         rows.add(np.concatenate([y0 + np.arange(F), a0 + f_h]),
@@ -179,32 +172,6 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
     A, row_lo, row_hi = rows.matrix(ncols)
     return LayerModel(c=c, A=A, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, integer=integer,
                       copies=copies, flows=flows, hosts=hosts, z0=z0, y0=y0, a0=a0, t0=t0, tm=tm, tc=tc)
-
-
-def host_capacity(loads: np.ndarray, topo: Topology, windows_us: np.ndarray, params: CostParams,
-                  ub_us: float | None, integral: bool) -> float:
-    """Tokens one host can process in any plan with makespan <= ``ub_us``: its compute phase is at
-    most ``ub - 2·LB_comm`` and every token costs ``alpha`` (inf without a finite ``ub_us``)."""
-    if ub_us is None or not np.isfinite(ub_us) or params.alpha_us <= 0:
-        return np.inf
-    lb_comm = float(comm_lower_bound_us(topo, loads[None], windows_us, params)[0])
-    cap = max(ub_us - 2.0 * lb_comm, 0.0) / params.alpha_us * (1 + 1e-9) + 1e-9
-    return float(np.floor(cap)) if integral else cap
-
-
-def _cover_rows(rows: _Rows, n_e: np.ndarray, h_e: np.ndarray, cap: float, a0: int) -> None:
-    """An expert with more tokens than one host can take needs ``ceil(n_e / cap)`` active hosts:
-    ``Σ_r a[e, r] >= ceil(n_e / cap)`` (valid because ``a`` is binary; it forces whole copies in the LP)."""
-    if not np.isfinite(cap):
-        return
-    need = np.ceil(n_e / max(cap, 1e-12) - 1e-9)
-    have = np.bincount(h_e, minlength=n_e.size)
-    hot = np.flatnonzero((need > 1) & (need <= have))
-    if hot.size == 0:
-        return
-    sel = np.isin(h_e, hot)
-    rows.add(a0 + np.flatnonzero(sel), np.ones(int(sel.sum())), np.searchsorted(hot, h_e[sel]),
-             need[hot], np.full(hot.size, np.inf))
 
 
 def _form_columns(loads, topo, windows_us, params, fixed_hosts) -> tuple[int, int]:
@@ -302,7 +269,7 @@ def _copy_rows(rows: _Rows, topo, windows_us, params, copies, host_id, z0, a0) -
             rows.add(z0 + np.arange(C), np.ones(C), rank * 2 + kinter, np.full(2 * g, -np.inf), cap)
 
 
-def _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral, cap=np.inf) -> LayerModel:
+def _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral) -> LayerModel:
     """Single-node form. On one node every remote token crosses the same kind of link, so only how
     many tokens each host processes (``p``) and keeps from its own source (``l``) matter:
     ``in[r] = Σ_e (p - l)``, ``out[r] = n_r - Σ_e l``. Any (p, l) with ``l <= min(n[r, e], p)`` is
@@ -328,8 +295,7 @@ def _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral, ca
     neg = np.full(H, -np.inf)
     zero = np.zeros(H)
     pair = np.concatenate([hh, hh])
-    rows.add(np.concatenate([p0 + hh, a0 + hh]), np.concatenate([np.ones(H), -np.minimum(n_e[h_e], cap)]), pair, neg, zero)
-    _cover_rows(rows, n_e, h_e, cap, a0)
+    rows.add(np.concatenate([p0 + hh, a0 + hh]), np.concatenate([np.ones(H), -n_e[h_e]]), pair, neg, zero)
     rows.add(np.concatenate([p0 + hh, l0 + hh, a0 + hh]),  # remote received <= other sources' tokens
              np.concatenate([np.ones(H), -np.ones(H), -(n_e[h_e] - n_loc)]), np.concatenate([hh, hh, hh]), neg, zero)
     rows.add(np.concatenate([l0 + hh, a0 + hh]), np.concatenate([np.ones(H), -n_loc]), pair, neg, zero)
@@ -353,7 +319,7 @@ def _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral, ca
                       copies=copies, flows=None, hosts=hosts, z0=z0, y0=p0, a0=a0, t0=t0, tm=tm, tc=tc, l0=l0)
 
 
-def _build_multinode_model(loads, topo, windows_us, params, fixed_hosts, integral, cap=np.inf) -> LayerModel:
+def _build_multinode_model(loads, topo, windows_us, params, fixed_hosts, integral) -> LayerModel:
     """Node form across nodes. Per host: processed ``p = l + w + v`` (local, intra-node and
     inter-node received); per (source, expert): ``n = l + oa + ob`` (kept, sent within the node,
     sent to other nodes). Intra sends and receives balance per node; inter sends and receives
@@ -399,8 +365,7 @@ def _build_multinode_model(loads, topo, windows_us, params, fixed_hosts, integra
     rows.add(np.concatenate([p0 + hh, l0 + hh, w0 + hh, v0 + hh]),  # p = l + w + v
              np.concatenate([ones_h, -ones_h, -ones_h, -ones_h]), np.tile(hh, 4), zero_h, zero_h)
     pair2 = np.concatenate([hh, hh])
-    rows.add(np.concatenate([p0 + hh, a0 + hh]), np.concatenate([ones_h, -np.minimum(n_e[h_e], cap)]), pair2, neg_h, zero_h)
-    _cover_rows(rows, n_e, h_e, cap, a0)
+    rows.add(np.concatenate([p0 + hh, a0 + hh]), np.concatenate([ones_h, -n_e[h_e]]), pair2, neg_h, zero_h)
     rows.add(np.concatenate([p0 + hh, l0 + hh, a0 + hh]),
              np.concatenate([ones_h, -ones_h, -(n_e[h_e] - n_loc)]), np.tile(hh, 3), neg_h, zero_h)
     rows.add(np.concatenate([l0 + hh, a0 + hh]), np.concatenate([ones_h, -n_loc]), pair2, neg_h, zero_h)
