@@ -17,7 +17,8 @@ from probe_planner import Budget, ModelShape, Topology, solve
 from probe_planner.errors import TraceError
 from probe_planner.traces import qwen3_prefill_loads, switch_base_loads
 
-SOLVERS = [("static", {}), ("greedy", {}), ("lp-tokens", {"base": "greedy"}), ("lp-round", {}),
+SOLVERS = [("static", {}), ("greedy", {}), ("greedy", {"n_dest": 4, "max_swaps": 4, "lookahead": 4}),
+           ("lp-tokens", {"base": "greedy"}), ("lp-round", {}),
            ("milp", {"backend": "highs"}), ("milp", {"backend": "ortools"}), ("auto", {})]
 
 
@@ -76,7 +77,7 @@ def main() -> None:
                         irs.append(plan.imbalance_ratio)
                         bounds.append(plan.bound_us)
                         statuses.append(plan.status)
-            label = solver + (f"/{opts['backend']}" if "backend" in opts else "")
+            label = solver + (f"/{opts['backend']}" if "backend" in opts else "/thorough" if "lookahead" in opts else "")
             rows.append((label, np.array(mks), np.mean(irs), np.array(bounds), statuses, np.array(times)))
         best = np.max([r[3] for r in rows], axis=0)
         print(f"\n{name}: {loads.shape[0]} layer(s), window {args.window_us:g} us, time limit {args.time_limit_s:g} s")
