@@ -38,6 +38,21 @@ def test_solve_npy_and_json(tmp_path, capsys):
     assert "auto" in capsys.readouterr().out
 
 
+def test_solve_passes_solver_options(tmp_path, capsys):
+    loads = np.full((8, 128), 5.0)
+    loads[:, 3] = 900.0
+    np.save(tmp_path / "l.npy", loads)
+    args = ["solve", str(tmp_path / "l.npy"), "--cluster", "h100x8", "--model", "qwen3-30b-a3b", "--window-us", "150"]
+    assert main([*args, "--option", "lookahead=4", "--option", "max_swaps=4", "--option", "n_dest=4"]) == 0
+    assert main([*args, "--option", "max_moves=0", "--out", str(tmp_path / "p.json")]) == 0
+    assert load_plan(tmp_path / "p.json").num_replicas == 0
+    capsys.readouterr()
+    assert main([*args, "--option", "bogus=1"]) == 2
+    assert "takes no option(s) ['bogus']" in capsys.readouterr().err
+    assert main([*args, "--option", "lookahead"]) == 2
+    assert "not KEY=VALUE" in capsys.readouterr().err
+
+
 def test_solve_reports_bad_input(tmp_path, capsys):
     np.save(tmp_path / "l.npy", -np.ones((8, 128)))
     code = main(["solve", str(tmp_path / "l.npy"), "--cluster", "h100x8", "--model", "qwen3-30b-a3b",

@@ -11,7 +11,7 @@ import numpy as np
 
 from .api import solve
 from .budget import Budget
-from .errors import LoadsError, PlannerError
+from .errors import LoadsError, PlannerError, SolverError
 from .plan import Plan
 from .plan_io import save_plan
 from .solvers import solver_names
@@ -49,12 +49,28 @@ def report(baseline: Plan, plans: list[Plan]) -> str:
     return "\n".join(lines)
 
 
+def parse_options(items: list[str]) -> dict:
+    """``KEY=VALUE`` solver options; values are read as JSON where they parse (numbers, true/false)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SolverError(f"solver option {item!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
 def _cmd_solve(args: argparse.Namespace) -> int:
     topo = Topology.from_cards(model=args.model, cluster=args.cluster)
     budget = Budget(window_us=args.window_us, time_limit_s=args.time_limit_s)
     loads = read_loads(args.loads)
     baseline = solve(loads, topo, budget, solver="static", sources=args.sources)
-    options = {"backend": args.backend} if args.backend else {}
+    options = parse_options(args.option)
+    if args.backend:
+        options["backend"] = args.backend
     plan = baseline if args.solver == "static" else solve(loads, topo, budget, solver=args.solver, sources=args.sources,
                                                           **options)
     print(f"{topo.model.name} on {topo.name} ({topo.num_ranks} ranks, {topo.slots} slots each), "
@@ -94,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read a 2-D file as [layers, E] with uniform sources (uniform) or as [G, E] (given, default)")
     s.add_argument("--backend", choices=["highs", "ortools"], default=None, help="MILP backend (milp and auto only)")
     s.add_argument("--time-limit-s", type=float, default=1.0, help="solver wall-time limit")
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a solver option, repeatable (e.g. --option lookahead=4 --option max_swaps=4)")
     s.add_argument("--out", help="write the plan to this .json or .npz file")
     s.set_defaults(func=_cmd_solve)
     d = sub.add_parser("demo", help="solve an embedded realistic problem with static and greedy")
