@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from probe_planner import Budget, PlanFileError, PlanInvalidError, load_plan, save_plan, solve
+from probe_planner import Budget, Plan, PlanFileError, PlanInvalidError, load_plan, save_plan, solve
 
 from .conftest import make_topology, problems
 
@@ -78,3 +78,16 @@ def test_mismatched_content(saved, tmp_path, edit, error, match):
     path.write_text(json.dumps(doc))
     with pytest.raises(error, match=match):
         load_plan(path)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(max_layers=2))
+def test_explicit_and_compact_routes_are_the_same_plan(case):
+    """Listing every route (what full_routes gives, and what older plan files hold) is as valid as
+    the compact form and scores the same."""
+    loads, topo, budget = case
+    plan = solve(loads, topo, budget, solver="greedy")
+    idx, tok = plan.full_routes
+    explicit = Plan(topo, budget, plan.loads, plan.replicas, idx, tok, solver="x", solve_time_s=0.0).validate()
+    np.testing.assert_allclose(explicit.metrics.layer_makespan_us, plan.metrics.layer_makespan_us, rtol=1e-12)
+    np.testing.assert_allclose(explicit.metrics.tokens_processed, plan.metrics.tokens_processed, rtol=1e-12, atol=1e-9)
