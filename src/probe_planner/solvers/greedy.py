@@ -71,13 +71,13 @@ def solve_greedy(prob: Problem, max_moves: int | None = None, n_dest: int = 2, n
     weight of a host's link time when splitting an expert's tokens (0: balance compute only;
     default 0 on one node, where NVLink makes compute the scarce resource, and 2 across nodes, where
     the slower NIC does — measured best on Zipf loads and the Qwen3 trace, bench/greedy_speed.py);
-    max_swaps: swap attempts per layer when stuck (take back a copy the compute bottleneck sent and
-    spend its window better); lookahead: attempts per layer to add a copy together with re-splitting
-    the split experts it shares hosts with (also used by swaps). Both off by default: with
-    ``max_swaps=4, lookahead=4`` window-starved layers (a hot rank that can send only a copy or two)
-    get up to 20% shorter makespans, other loads -0.5..+2%, for ~1.5-2x the time
-    (bench/greedy_speed.py). When no copy helps, every split expert is re-split once under the
-    current loads (always on: an earlier split was made under loads that later copies changed).
+    max_swaps: swaps per layer when stuck (take back a copy and spend its slot and windows better);
+    lookahead: attempts per layer to add a copy together with re-splitting the split experts it
+    shares hosts with (also used by swaps). Both off by default: with ``max_swaps=4, lookahead=4``
+    window-starved layers (a hot rank that can send only a copy or two) get up to 20% shorter
+    makespans, Zipf loads 1.3-1.7% on average, for 3-8x the time (bench/greedy_speed.py). When no
+    copy helps, every split expert is re-split once under the current loads (always on: an earlier
+    split was made under loads that later copies changed).
     """
     topo = prob.topology
     if max_moves is None:

@@ -29,7 +29,6 @@ from .greedy_state import (
     baseline,
     cheapest_dests,
     commit,
-    copy_fits,
     copy_source,
     map_remote,
     move,
@@ -345,26 +344,18 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
                 mk, sq, sq, g, e_all, n_exp, n_dest, slots, integral, n, total, is_host, hosts, nh, nat_cnt, xh,
                 rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, st, sc, cand_e, cand_d, dest, dest_cost)
             if best_e < 0 and swaps < max_swaps:
-                # stuck: the bottleneck's copies may have gone to the wrong experts (a source's window
-                # holds few copies). Try taking back one copy sent by the compute bottleneck and
-                # spending the freed window better; keep the swap only if it beats the current plan.
-                rc = 0
-                for r in range(g):
-                    if comp[r] > comp[rc]:
-                        rc = r
-                if copy_fits(rc, False, 0, copies, win, p) or copy_fits(rc, False, 1, copies, win, p):
-                    break  # rc could still send a copy: its window is not what holds the plan back
+                # stuck: earlier copies may have gone to the wrong experts or ranks (a source's
+                # window holds few copies). Take back one copy at a time and spend its slot and
+                # windows better; keep the swap only if it beats the current plan.
                 swapped = False
                 for i in range(rep_start, n_rep):
-                    if rep[i, 2] != rc:
-                        continue
-                    e_i, d_i = rep[i, 1], rep[i, 3]
+                    e_i, u_i, d_i = rep[i, 1], rep[i, 2], rep[i, 3]
                     k_i = nh[e_i]
                     for t in range(k_i):  # the last save row: _lookahead uses the others
                         sv_h[n_sv - 1, t] = hosts[e_i, t]
                         sv_x[n_sv - 1, t] = xh[e_i, t]
                     snapshot(st, snap2, True)
-                    move(e_i, rc, d_i, False, integral, n, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used,
+                    move(e_i, u_i, d_i, False, integral, n, total, is_host, hosts, nh, xh, rank_exp, rank_cnt, used,
                           copies, node_of, rpn, p, st, sc, sq)
                     sq_i = score(comp, ct)[1]
                     if max_look > 0:  # spend the freed window on a copy plus the re-splits it needs
@@ -397,9 +388,9 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
                         swaps += 1
                         break
                     # no better use of the window: put the copy back exactly as it was
-                    link = 0 if node_of[rc] == node_of[d_i] else 1
+                    link = 0 if node_of[u_i] == node_of[d_i] else 1
                     copies[d_i, link] += 1.0
-                    copies[rc, 2 + link] += 1.0
+                    copies[u_i, 2 + link] += 1.0
                     used[d_i] += 1
                     rank_exp[d_i, rank_cnt[d_i]] = e_i
                     rank_cnt[d_i] += 1
