@@ -223,7 +223,7 @@ def round_placement(m: LayerModel, prob: Problem, zval: np.ndarray) -> np.ndarra
 
 
 # The optimizers start from the better of greedy's default and most thorough settings, per layer:
-# ~0.15 ms per layer together, nothing next to an LP, and the thorough one is up to 20% better on
+# ~0.3 ms per layer together, little next to an LP, and the thorough one is up to 20% better on
 # layers where a hot rank's copy window is the constraint (it is not better everywhere).
 THOROUGH = {"n_dest": 4, "max_swaps": 4, "lookahead": 4}
 
