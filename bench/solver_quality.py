@@ -15,9 +15,10 @@ import numpy as np
 
 from probe_planner import Budget, ModelShape, Topology, solve
 from probe_planner.errors import TraceError
+from probe_planner.solvers.milp import THOROUGH
 from probe_planner.traces import qwen3_prefill_loads, switch_base_loads
 
-SOLVERS = [("static", {}), ("greedy", {}), ("greedy", {"n_dest": 4, "max_swaps": 4, "lookahead": 4}),
+SOLVERS = [("static", {}), ("greedy", {}), ("greedy", THOROUGH),
            ("lp-tokens", {"base": "greedy"}), ("lp-round", {}),
            ("milp", {"backend": "highs"}), ("milp", {"backend": "ortools"}), ("auto", {})]
 

@@ -45,10 +45,10 @@ def test_greedy_never_worse_than_static(case):
 
 @SETTINGS
 @given(problems(max_layers=1))
-def test_greedy_swaps_and_lookahead_stay_valid_and_never_lose_to_static(case):
+def test_greedy_swaps_lookahead_and_ties_stay_valid_and_never_lose_to_static(case):
     loads, topo, budget = case
     static = solve(loads, topo, budget, solver="static")
-    plan = solve(loads, topo, budget, solver="greedy", max_swaps=4, lookahead=4)
+    plan = solve(loads, topo, budget, solver="greedy", max_swaps=4, lookahead=4, stuck_ties=4)
     plan.validate()
     assert plan.makespan_us <= static.makespan_us * (1 + 1e-9) + 1e-9
 
@@ -71,6 +71,26 @@ def test_swaps_with_lookahead_fix_a_window_starved_rank():
     plain = solve(loads[1], topo, budget, solver="greedy")
     better = solve(loads[1], topo, budget, solver="greedy", max_swaps=4, lookahead=4)
     assert better.makespan_us <= 0.9 * plain.makespan_us
+
+
+def test_stuck_greedy_copies_from_ranks_tied_with_the_bottleneck():
+    """Expert 13 (rank 3) is hot; rank 3's window holds two copies, which go to ranks 0 and 2. Ranks
+    0, 2 and 3 are then tied and the first of them, the bottleneck, has nothing left to copy: its own
+    experts are cold and 13's source is spent. Searching the ranks tied with it finds a copy that
+    lowers the makespan further (rank 2 shedding expert 10)."""
+    loads = np.array([[74, 17, 15, 32, 10, 40, 90, 77, 54, 47, 77, 39, 9, 308, 41, 94],
+                      [31, 25, 70, 2, 18, 50, 126, 40, 36, 11, 80, 42, 32, 290, 30, 141],
+                      [24, 4, 62, 13, 21, 18, 79, 121, 34, 39, 40, 8, 10, 388, 25, 138],
+                      [7, 17, 25, 66, 24, 9, 76, 92, 66, 9, 56, 17, 12, 409, 30, 110]], dtype=float)
+    model = ModelShape(name="zipf-16", num_experts=16, top_k=8, hidden=4096, expert_ffn=1536)
+    topo = Topology(num_ranks=4, ranks_per_node=4, intra_node_bw=450e9, inter_node_bw=50e9, peak_flops=989.5e12,
+                    hbm_bw=3.35e12, model=model, slots=3)
+    budget = Budget(window_us=200.0)
+    two = solve(loads, topo, budget, solver="greedy", max_moves=2)
+    assert sorted(two.replicas[:, 1:].tolist()) == [[13, 3, 0], [13, 3, 2]]
+    plan = solve(loads, topo, budget, solver="greedy")
+    assert plan.makespan_us < 0.98 * two.makespan_us
+    assert set(plan.replicas[:, 1]) > {13}
 
 
 def test_greedy_relieves_a_hot_expert():

@@ -225,7 +225,7 @@ def round_placement(m: LayerModel, prob: Problem, zval: np.ndarray) -> np.ndarra
 # The optimizers start from the better of greedy's default and most thorough settings, per layer:
 # ~0.3 ms per layer together, little next to an LP, and the thorough one is up to 20% better on
 # layers where a hot rank's copy window is the constraint (it is not better everywhere).
-THOROUGH = {"n_dest": 4, "max_swaps": 4, "lookahead": 4}
+THOROUGH = {"n_dest": 4, "max_swaps": 4, "lookahead": 4, "stuck_ties": 4}
 
 
 def _start(prob: Problem) -> list[LayerParts]:
