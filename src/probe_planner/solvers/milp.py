@@ -311,7 +311,7 @@ def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
     """Anytime: the greedy plan at once; its token split polished by the token LP; then each layer's
     MILP (HiGHS solves the LP relaxation at the root and rounds it with its own heuristics) while the
     budget lasts; before the MILP, the LP relaxation rounded (``lp-round``) where the layer's share is
-    too short for the MILP's root but fits the LP twice. Every phase keeps a layer's plan only if it is better. A phase that
+    under ~1 s, too short for the MILP's root, but fits the LP twice. Every phase keeps a layer's plan only if it is better. A phase that
     cannot be built and searched in the layer's share of the budget is skipped, so the budget is never
     overrun by it."""
     parts = _start(prob)
@@ -327,19 +327,19 @@ def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
     for lay in range(L):  # LP rounding where it takes a small part of the layer's share
         left = _remaining(prob.deadline) / (L - lay)
         lp_s = _lp_seconds(model_size(prob, lay))
-        if lp_s <= _LP_SHARE * left and left < _ROOT_LPS * lp_s:
+        if lp_s <= _LP_SHARE * left and left < _LP_BEFORE_S:
             lp_bounds[lay] = _lp_round_layer(prob, lay, parts, left)
     bounds, proven = _milp_layers(prob, parts, backend, mip_rel_gap, skip_small=True)
     return _finish(prob, parts, np.maximum(bounds, lp_bounds), proven, {"backend": backend}, rel_gap=mip_rel_gap)
 
 
 # auto runs the LP rounding when its LP is expected to take at most half of the layer's share and
-# the share is too short for the MILP's root: HiGHS's root cut loop takes ~20 LP solves (64x8 Zipf:
-# 1.6-2.4 s), and with less time the MILP rarely beats its start. Measured with 0.3 s and 1 s
-# budgets on five 64x8 layers (Zipf, Switch trace): up to 3.4% shorter makespans, one 0.4% longer;
-# with 2 s the MILP alone did better on the Switch layers (the LP phase took time it needed).
+# the share is under _LP_BEFORE_S. Measured on this 2-core class of machine: with 0.3-1 s per layer
+# HiGHS's MILP rarely gets past its root (64x8 Zipf: 1.6-2.4 s) and the rounding gave up to 3.4%
+# shorter makespans on five 64x8 layers (Zipf, Switch trace; one 0.4% longer), no change on four
+# 128x8 layers; with 2 s the MILP needs all of it (128x8 Zipf: 2% longer with the LP phase first).
 _LP_SHARE = 0.5
-_ROOT_LPS = 15
+_LP_BEFORE_S = 1.2
 
 
 def _lp_seconds(columns: int) -> float:
