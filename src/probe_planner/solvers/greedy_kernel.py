@@ -212,7 +212,8 @@ def _search(mk, sq_all, sq_bar, deep, g, e_all, n_exp, n_dest, slots, integral, 
             rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, st, sc, cand_e, cand_d, dest, dest_cost):
     """The best single copy to add: ``(makespan, sum of squares, expert, dst, src)``, expert -1 when
     none beats ``mk`` (or ties it with a sum of squares below ``sq_bar``; ``sq_all`` is the current
-    state's). The state is left as it was found."""
+    state's). ``deep``: the candidates of :func:`_stuck_candidates` instead of :func:`_candidates`.
+    The state is left as it was found."""
     comp, ct = st[0], st[2]
     if deep:
         n_cand = _stuck_candidates(g, e_all, n_exp, slots, n, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, used,
@@ -435,7 +436,7 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
             if best_e < 0 and stuck_at < n_rep:
                 # stuck at the bottlenecks: look at the ranks tied with them (once per copy made).
                 # A move that only ties the makespan is taken at most max_ties times per layer: it
-                # pays where many ranks are tied (up to 40% shorter makespans on 256x32 Zipf
+                # pays where many ranks are tied (up to 49% shorter makespans on 256x32 Zipf
                 # layers with a large window) but costs ~15% more time where nothing helps.
                 stuck_at = n_rep
                 tie_bar = sq if stuck_ties < max_ties else 0.0
