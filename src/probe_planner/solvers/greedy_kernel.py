@@ -54,9 +54,42 @@ STUCK_BAND = 0.95
 STUCK_DEST = 1
 
 
+@nb.njit(cache=True, _nrt=False, inline="always")
+def _heaviest_held(kind, r0, g, n, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, n_cand, cand_e, cand_d, send, need_send):
+    """The expert held by ``r0`` with the most tokens there (``kind`` 0) or the most received there
+    (1), not yet a candidate nor on every rank; with ``need_send``, only one some native host can
+    still send (``send[r] > 0``). -1 when none."""
+    be = -1
+    bv = 0.0
+    for j in range(rank_cnt[r0]):
+        e = rank_exp[r0, j]
+        if nh[e] >= g:
+            continue
+        if need_send:
+            ok = False
+            for i in range(nat_cnt[e]):
+                if send[hosts[e, i]] > 0.0:
+                    ok = True
+            if not ok:
+                continue
+        v = 0.0
+        for i in range(nh[e]):
+            if hosts[e, i] == r0:
+                v = xh[e, i] if kind == 0 else xh[e, i] - n[r0, e]
+        if v > bv:
+            dup = False
+            for c in range(n_cand):
+                if cand_e[c] == e and cand_d[c] < 0:
+                    dup = True
+            if not dup:
+                bv = v
+                be = e
+    return be
+
+
 @nb.njit(cache=True, _nrt=False, inline="always")  # on the hot path: a call here measured 10% slower
-def _candidates(kinds, g, e_all, n_exp, slots, n, is_host, hosts, nh, xh, rank_exp, rank_cnt, used, comp, ct, cand_e,
-                cand_d):
+def _candidates(kinds, g, e_all, n_exp, slots, n, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, used, comp, ct,
+                send, cand_e, cand_d):
     """Fill ``cand_e``/``cand_d`` with the candidate copies of the first ``kinds`` kinds (below);
     ``cand_d`` is the destination, -1 for "the cheapest eligible ranks". Returns their count."""
     # bottlenecks: slowest compute rank, slowest link rank
@@ -79,22 +112,8 @@ def _candidates(kinds, g, e_all, n_exp, slots, n, is_host, hosts, nh, xh, rank_e
             be = -1
             bv = 0.0
             if kind < 2:
-                for j in range(rank_cnt[r0]):
-                    e = rank_exp[r0, j]
-                    if nh[e] >= g:
-                        continue
-                    v = 0.0
-                    for i in range(nh[e]):
-                        if hosts[e, i] == r0:
-                            v = xh[e, i] if kind == 0 else xh[e, i] - n[r0, e]
-                    if v > bv:
-                        dup = False
-                        for c in range(n_cand):
-                            if cand_e[c] == e and cand_d[c] < 0:
-                                dup = True
-                        if not dup:
-                            bv = v
-                            be = e
+                be = _heaviest_held(kind, r0, g, n, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, n_cand, cand_e, cand_d,
+                                    send, False)
             else:
                 for e in range(e_all):
                     if n[r0, e] > bv and not is_host[e, r0]:
@@ -137,30 +156,8 @@ def _stuck_candidates(g, e_all, n_exp, slots, n, is_host, hosts, nh, nat_cnt, xh
             if met[r0] < STUCK_BAND * top:
                 continue
             for _ in range(n_exp):
-                be = -1
-                bv = 0.0
-                for j in range(rank_cnt[r0]):
-                    e = rank_exp[r0, j]
-                    if nh[e] >= g:
-                        continue
-                    ok = False
-                    for i in range(nat_cnt[e]):
-                        if send[hosts[e, i]] > 0.0:
-                            ok = True
-                    if not ok:
-                        continue
-                    v = 0.0
-                    for i in range(nh[e]):
-                        if hosts[e, i] == r0:
-                            v = xh[e, i] if kind == 0 else xh[e, i] - n[r0, e]
-                    if v > bv:
-                        dup = False
-                        for c in range(n_cand):
-                            if cand_e[c] == e and cand_d[c] < 0:
-                                dup = True
-                        if not dup:
-                            bv = v
-                            be = e
+                be = _heaviest_held(kind, r0, g, n, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, n_cand, cand_e, cand_d,
+                                    send, True)
                 if be < 0:
                     break
                 cand_e[n_cand] = be
@@ -219,8 +216,8 @@ def _search(mk, sq_all, sq_bar, deep, g, e_all, n_exp, n_dest, slots, integral, 
         n_cand = _stuck_candidates(g, e_all, n_exp, slots, n, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, used,
                                    copies, win, node_of, p, comp, ct, sc[8], cand_e, cand_d)
     else:
-        n_cand = _candidates(3, g, e_all, n_exp, slots, n, is_host, hosts, nh, xh, rank_exp, rank_cnt, used, comp, ct,
-                             cand_e, cand_d)
+        n_cand = _candidates(3, g, e_all, n_exp, slots, n, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, used, comp,
+                             ct, sc[8], cand_e, cand_d)
     best_mk = mk
     best_sq = sq_bar
     best_e = -1
@@ -263,8 +260,8 @@ def _lookahead(mk, g, n_exp, n_dest, slots, integral, n, total, is_host, hosts, 
     ``(expert, dst, src)``; expert -1 and the state unchanged when none does."""
     comp, ct = st[0], st[2]
     # the heaviest experts on the compute bottleneck, the most received on the link one
-    n_cand = _candidates(2, g, n.shape[1], n_exp, slots, n, is_host, hosts, nh, xh, rank_exp, rank_cnt, used, comp, ct, cand_e,
-                         cand_d)
+    n_cand = _candidates(2, g, n.shape[1], n_exp, slots, n, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, used, comp,
+                         ct, sc[8], cand_e, cand_d)
     for c in range(n_cand):
         e = cand_e[c]
         nd = cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies, win, p, comp, ct, n_dest, dest,
