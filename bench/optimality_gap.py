@@ -17,40 +17,25 @@ import time
 
 import numpy as np
 
-from probe_planner import Budget, ModelShape, Topology, solve
+from probe_planner import Budget, solve
 from probe_planner.errors import TraceError
 from probe_planner.solvers.milp import THOROUGH
-from probe_planner.traces import qwen3_prefill_loads, switch_base_loads
-from solver_quality import synthetic_topology
+from solver_quality import synthetic_topology, trace_cases, zipf
 
 FAST = [("static", "static", {}), ("greedy", "greedy", {}), ("thorough", "greedy", THOROUGH),
         ("lp-round", "lp-round", {}), ("auto", "auto", {})]
 
 
-def zipf_layer(g: int, e: int, seed: int) -> np.ndarray:
-    """One layer of Zipf(1)-popular experts, each source's mix drawn around it (as solver_quality)."""
-    rng = np.random.default_rng(seed)
-    pop = 1.0 / np.arange(1, e + 1)
-    pop = pop[rng.permutation(e)]
-    return np.stack([rng.multinomial(1024 * 8, rng.dirichlet(pop / pop.sum() * 100.0)) for _ in range(g)]).astype(float)
-
-
 def cases(args):
     topo = synthetic_topology(64, 8)
     for seed in range(args.zipf_layers):
-        yield f"zipf 64x8 #{seed}", topo, zipf_layer(8, 64, 1000 + seed)
+        yield f"zipf 64x8 #{seed}", topo, zipf(1, 8, 64, seed=1000 + seed)[0]
     if args.trace_layers <= 0:
         return
     try:
-        sw = switch_base_loads(64, args.trace_dir)[0, : args.trace_layers]
-        topo = Topology.from_cards(model="switch-base-128", cluster="h100x8")
-        topo = topo.with_(model=ModelShape(**{**topo.model.__dict__, "num_experts": 64}))
-        for lay, loads in enumerate(sw):
-            yield f"switch-64 64x8 L{lay}", topo, loads
-        q = qwen3_prefill_loads(8, args.trace_dir)[: args.trace_layers]
-        topo = Topology.from_cards(model="qwen3-30b-a3b", cluster="h100x8")
-        for lay, loads in enumerate(q):
-            yield f"qwen3 128x8 L{lay}", topo, loads
+        for name, topo, loads in trace_cases(args.trace_layers, args.trace_dir):
+            for lay, layer in enumerate(loads):
+                yield f"{name} L{lay}", topo, layer
     except TraceError as exc:
         print(f"real traces skipped: {exc}")
 
@@ -67,7 +52,7 @@ def main() -> None:
     names = [n for n, _, _ in FAST]
     print(f"makespan / MILP makespan (window {args.window_us:g} us; MILP limit {args.time_limit_s:g} s; "
           f"auto budget {args.auto_budget_s:g} s); wall times in ms")
-    print(f"{'case':<22} {'milp':>9} {'proof s':>8} {'LP/milp':>8} " + " ".join(f"{n:>9}" for n in names)
+    print(f"{'case':<28} {'milp':>9} {'proof s':>8} {'LP/milp':>8} " + " ".join(f"{n:>9}" for n in names)
           + "  " + " ".join(f"{n + ' ms':>11}" for n in names[1:]))
     ratios = {n: [] for n in names}
     solve(np.ones((8, 64)), synthetic_topology(64, 8), Budget(window_us=args.window_us), solver="greedy")  # compile
@@ -84,10 +69,10 @@ def main() -> None:
             times.append((time.perf_counter() - t) * 1e3)
             row.append(plan.makespan_us / exact.makespan_us)
             ratios[name].append(row[-1])
-        print(f"{label:<22} {exact.status:>9} {proof:8.1f} {lp.bound_us / exact.makespan_us:8.3f} "
+        print(f"{label:<28} {exact.status:>9} {proof:8.1f} {lp.bound_us / exact.makespan_us:8.3f} "
               + " ".join(f"{r:9.3f}" for r in row) + "  " + " ".join(f"{t:11.2f}" for t in times[1:]))
-    print(f"{'mean':<22} {'':>9} {'':>8} {'':>8} " + " ".join(f"{np.mean(ratios[n]):9.3f}" for n in names))
-    print(f"{'max':<22} {'':>9} {'':>8} {'':>8} " + " ".join(f"{np.max(ratios[n]):9.3f}" for n in names))
+    print(f"{'mean':<28} {'':>9} {'':>8} {'':>8} " + " ".join(f"{np.mean(ratios[n]):9.3f}" for n in names))
+    print(f"{'max':<28} {'':>9} {'':>8} {'':>8} " + " ".join(f"{np.max(ratios[n]):9.3f}" for n in names))
 
 
 if __name__ == "__main__":

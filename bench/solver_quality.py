@@ -44,13 +44,19 @@ def cases(args):
     for e, g in ((64, 8), (128, 8), (256, 32)):
         yield f"zipf {e}x{g}", synthetic_topology(e, g), zipf(args.layers, g, e, seed=e + g)
     try:
-        q = qwen3_prefill_loads(8, args.trace_dir)[: args.layers]
-        yield "qwen3-30b prefill 128x8", Topology.from_cards(model="qwen3-30b-a3b", cluster="h100x8"), q
-        sw = switch_base_loads(64, args.trace_dir)[0, : args.layers]
-        topo = Topology.from_cards(model="switch-base-128", cluster="h100x8")
-        yield "switch-base-64 64x8", topo.with_(model=ModelShape(**{**topo.model.__dict__, "num_experts": 64})), sw
+        yield from trace_cases(args.layers, args.trace_dir)
     except TraceError as exc:
         print(f"real traces skipped: {exc}")
+
+
+def trace_cases(layers: int, trace_dir: str | None):
+    """``(name, topology, loads [layers, G, E])`` of the real traces: Qwen3-30B prefill on 8 ranks,
+    Switch-base's first 64 experts on 8 ranks. Raises TraceError when the traces are absent."""
+    q = qwen3_prefill_loads(8, trace_dir)[:layers]
+    yield "qwen3-30b prefill 128x8", Topology.from_cards(model="qwen3-30b-a3b", cluster="h100x8"), q
+    sw = switch_base_loads(64, trace_dir)[0, :layers]
+    topo = Topology.from_cards(model="switch-base-128", cluster="h100x8")
+    yield "switch-base-64 64x8", topo.with_(model=ModelShape(**{**topo.model.__dict__, "num_experts": 64})), sw
 
 
 def main() -> None:
