@@ -22,7 +22,7 @@ from ..routes import compact_routes, expand_routes
 from . import SolverResult, register
 from .greedy import prepare, run_kernel
 from .lp_backends import ModelSolution, get_backend, solve_highs
-from .milp_model import LayerModel, build_layer_model, model_columns, node_flows
+from .milp_model import LayerModel, build_layer_model, copies_active, model_columns, node_flows
 
 _EPS = 1e-9
 
@@ -351,7 +351,7 @@ def _lp_seconds(columns: int) -> float:
 def _lp_round_layer(prob: Problem, lay: int, parts: list[LayerParts], time_s: float) -> float:
     """LP relaxation of one layer, rounded and token-LP'd; improves ``parts[lay]`` in place and
     returns the LP bound (-inf when the LP did not finish)."""
-    m = build_layer_model(prob.loads[lay], prob.topology, prob.windows_us, prob.params)
+    m = copies_active(build_layer_model(prob.loads[lay], prob.topology, prob.windows_us, prob.params))
     sol = solve_highs(m, 0.85 * time_s, relax=True)  # margin: HiGHS overruns its limit a little
     if sol.x is None or _remaining(prob.deadline) <= 0:
         return sol.bound

@@ -16,7 +16,7 @@ the model is the token-assignment LP (LPLB's problem).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -49,6 +49,7 @@ class LayerModel:
     w0: int = -1  # multi-node node form: intra-/inter-node received w[h], v[h] (v0 = w0 + H) ...
     oa0: int = -1  # ... and per (source, expert) pair intra/inter sends oa[q], ob[q] (ob0 = oa0 + P)
     pairs: np.ndarray | None = None  # [P, 2] (source, expert) for oa/ob
+    replica_rows: tuple[int, int] = (0, 0)  # rows a[e, r] - Σ_u z[e, u, r] <= 0 of the replica hosts
 
     @property
     def num_cols(self) -> int:
@@ -168,10 +169,21 @@ def build_layer_model(loads: np.ndarray, topo: Topology, windows_us: np.ndarray,
         rows.add(np.concatenate([np.full(2 * g, tm), y0 + fr]),
                  np.concatenate([np.ones(2 * g), -tau[fr]]),
                  np.concatenate([np.arange(2 * g), row]), np.zeros(2 * g), np.full(2 * g, np.inf))
-    _copy_rows(rows, topo, windows_us, params, copies, host_id, z0, a0)
+    rep_rows = _copy_rows(rows, topo, windows_us, params, copies, host_id, z0, a0)
     A, row_lo, row_hi = rows.matrix(ncols)
     return LayerModel(c=c, A=A, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, integer=integer,
-                      copies=copies, flows=flows, hosts=hosts, z0=z0, y0=y0, a0=a0, t0=t0, tm=tm, tc=tc)
+                      copies=copies, flows=flows, hosts=hosts, z0=z0, y0=y0, a0=a0, t0=t0, tm=tm, tc=tc,
+                      replica_rows=rep_rows)
+
+
+def copies_active(m: LayerModel) -> LayerModel:
+    """The same model with every copy an active host (``a[e, r] = Σ_u z[e, u, r]``): an idle copy is
+    never better than none (dropping it only frees a slot and windows), so the optimum and every LP
+    bound stay valid. Measured: the LP relaxation 20-40% faster (64x8 and 128x8, same value); the
+    MILP's proof times mixed (-40% to +165% per 64x8 layer), so the MILP keeps the inequality."""
+    lo = m.row_lo.copy()
+    lo[m.replica_rows[0]:m.replica_rows[1]] = 0.0
+    return replace(m, row_lo=lo)
 
 
 def _form_columns(loads, topo, windows_us, params, fixed_hosts) -> tuple[int, int]:
@@ -239,8 +251,9 @@ def _copies_and_hosts(topo, windows_us, params, n_e, fixed_hosts):
     return copies, np.stack([h_e, h_r], axis=1), host_id
 
 
-def _copy_rows(rows: _Rows, topo, windows_us, params, copies, host_id, z0, a0) -> None:
-    """Replica hosts active only when copied, one copy per (expert, rank), slots, both windows."""
+def _copy_rows(rows: _Rows, topo, windows_us, params, copies, host_id, z0, a0) -> tuple[int, int]:
+    """Replica hosts active only when copied, one copy per (expert, rank), slots, both windows.
+    Returns the row range of the replica-host rows."""
     g = topo.num_ranks
     node = topo.node_of
     C = copies.shape[0]
@@ -252,6 +265,7 @@ def _copy_rows(rows: _Rows, topo, windows_us, params, copies, host_id, z0, a0) -
         nr = rep_hosts.size
         rid = np.searchsorted(rep_hosts, hid)
         m = hid >= 0
+        first = rows.n
         rows.add(np.concatenate([a0 + rep_hosts, z0 + np.flatnonzero(m)]),
                  np.concatenate([np.ones(nr), -np.ones(int(m.sum()))]),
                  np.concatenate([np.arange(nr), rid[m]]), np.full(nr, -np.inf), np.zeros(nr))
@@ -267,6 +281,8 @@ def _copy_rows(rows: _Rows, topo, windows_us, params, copies, host_id, z0, a0) -
         cap = np.floor(np.minimum(windows_us[:, None] / units[None, :], C) * (1 + 1e-9) + 1e-9).ravel()  # [G*2]
         for rank in (cr, cu):
             rows.add(z0 + np.arange(C), np.ones(C), rank * 2 + kinter, np.full(2 * g, -np.inf), cap)
+        return first, first + nr
+    return rows.n, rows.n
 
 
 def _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral) -> LayerModel:
@@ -313,10 +329,11 @@ def _build_node_model(loads, topo, windows_us, params, fixed_hosts, integral) ->
     rows.add(np.concatenate([np.full(g, tm), l0 + hh]),  # Tm >= tau out[r] = tau (n_r - Σ_e l)
              np.concatenate([np.ones(g), tau * np.ones(H)]),
              np.concatenate([ranks, h_r]), tau * loads.sum(axis=1), np.full(g, np.inf))
-    _copy_rows(rows, topo, windows_us, params, copies, host_id, z0, a0)
+    rep_rows = _copy_rows(rows, topo, windows_us, params, copies, host_id, z0, a0)
     A, row_lo, row_hi = rows.matrix(ncols)
     return LayerModel(c=c, A=A, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, integer=integer,
-                      copies=copies, flows=None, hosts=hosts, z0=z0, y0=p0, a0=a0, t0=t0, tm=tm, tc=tc, l0=l0)
+                      copies=copies, flows=None, hosts=hosts, z0=z0, y0=p0, a0=a0, t0=t0, tm=tm, tc=tc, l0=l0,
+                      replica_rows=rep_rows)
 
 
 def _build_multinode_model(loads, topo, windows_us, params, fixed_hosts, integral) -> LayerModel:
@@ -406,11 +423,11 @@ def _build_multinode_model(loads, topo, windows_us, params, fixed_hosts, integra
         rows.add(np.concatenate([np.full(g, tm), col0 + np.arange(n_cols)]),
                  np.concatenate([np.ones(g), -tau * np.ones(n_cols)]),
                  np.concatenate([ranks, owner]), np.zeros(g), np.full(g, np.inf))
-    _copy_rows(rows, topo, windows_us, params, copies, host_id, z0, a0)
+    rep_rows = _copy_rows(rows, topo, windows_us, params, copies, host_id, z0, a0)
     A, row_lo, row_hi = rows.matrix(ncols)
     return LayerModel(c=c, A=A, row_lo=row_lo, row_hi=row_hi, col_lo=col_lo, col_hi=col_hi, integer=integer,
                       copies=copies, flows=None, hosts=hosts, z0=z0, y0=p0, a0=a0, t0=t0, tm=tm, tc=tc, l0=l0,
-                      w0=w0, oa0=oa0, pairs=pairs)
+                      w0=w0, oa0=oa0, pairs=pairs, replica_rows=rep_rows)
 
 
 def _northwest(src_ranks, supply, dst_ranks, demand, e, out, tol) -> None:
