@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 from probe_planner import Budget, solve
 from probe_planner.problem import Problem
 from probe_planner.solvers.lp_backends import solve_highs
+from probe_planner.solvers.milp import polished_placement, token_lp
 from probe_planner.solvers.milp_model import build_layer_model
 
 from .conftest import make_topology, problems
@@ -100,6 +103,24 @@ def test_redundant_placement_token_lp_beats_locality_rule():
     lp = solve(loads, topo, Budget(window_us=0.0), solver="lp-tokens")
     assert lp.makespan_us < static.makespan_us
     assert {tuple(r) for r in lp.route_idx[:, 1:].tolist() if r[1] == 0} == {(0, 0, 0), (0, 0, 1)}
+
+
+def test_polish_drops_replicas_under_the_roofline_floor():
+    # Balanced ranks whose sources mostly use their own experts, so rank 0's link time is what it
+    # receives of its cold expert 0 (10 tokens per source). Copies of expert 0 onto every rank: the
+    # token LP pays beta on every host it is given, so it uses them (local tokens save traffic) and
+    # each raises its rank's compute by beta, far more than the traffic saved; the polish drops them.
+    topo = make_topology(1, 4, 2, slots=1, ffn=4096)
+    loads = np.full((4, 8), 5.0)
+    loads[np.arange(8) // 2, np.arange(8)] = 1000.0
+    loads[:, 0] = 10.0
+    prob = Problem.build(loads, topo, Budget(window_us=1e4))
+    copies = np.array([[0, 0, r] for r in (1, 2, 3)])
+    plain, _ = token_lp(prob, 0, copies, 30.0)
+    assert plain.replicas.shape[0] == 3
+    polished = polished_placement(prob, 0, copies, time.perf_counter() + 30.0)
+    assert polished.replicas.shape[0] == 0
+    assert polished.makespan_us < plain.makespan_us
 
 
 @pytest.mark.parametrize("solver", ["auto", "milp", "lp-round", "lp-tokens"])
