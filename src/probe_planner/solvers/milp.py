@@ -23,6 +23,7 @@ from . import SolverResult, register
 from .greedy import prepare, run_kernel
 from .lp_backends import ModelSolution, get_backend, solve_highs
 from .milp_model import LayerModel, build_layer_model, copies_active, model_columns, node_flows
+from .placement_search import improve_placement
 
 _EPS = 1e-9
 
@@ -321,7 +322,10 @@ _SECONDS_PER_COLUMN = 1e-5
 _OVERRUN_PER_COLUMN = 2.5e-6
 
 
-def _milp_layers(prob: Problem, parts: list[LayerParts], backend: str, mip_rel_gap: float, skip_small: bool):
+def _milp_layers(prob: Problem, parts: list[LayerParts], backend: str, mip_rel_gap: float, skip_small: bool,
+                 skip: set[int] | frozenset[int] = frozenset()):
+    """Each layer's MILP (except those in ``skip``) in its share of the time left; ``skip_small``:
+    skip a layer whose share cannot build and search its model (see ``_SECONDS_PER_COLUMN``)."""
     solve_backend = get_backend(backend)
     if not isinstance(mip_rel_gap, (int, float)) or not 0 <= mip_rel_gap < 1:
         raise SolverError(f"mip_rel_gap must be a number in [0, 1), got {mip_rel_gap!r}")
@@ -332,7 +336,7 @@ def _milp_layers(prob: Problem, parts: list[LayerParts], backend: str, mip_rel_g
         left = _remaining(prob.deadline) / (L - lay)
         if left <= 0:
             break
-        if skip_small and left < _SECONDS_PER_COLUMN * model_size(prob, lay):
+        if lay in skip or (skip_small and left < _SECONDS_PER_COLUMN * model_size(prob, lay)):
             continue
         # Token flows continuous: the model is then a relaxation of the whole-token problem (its bound
         # stays valid), the rounded plan is re-scored, and "optimal" is claimed only when that plan is
@@ -377,12 +381,17 @@ def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
     parts = _polished_start(prob)
     L = len(parts)
     lp_bounds = np.full(L, -math.inf)
+    searched = set()
     for lay in range(L):  # LP rounding where it takes a small part of the layer's share
         left = _remaining(prob.deadline) / (L - lay)
         lp_s = _lp_seconds(model_size(prob, lay))
         if lp_s <= _LP_SHARE * left and left < _LP_BEFORE_S:
-            lp_bounds[lay] = _lp_round_layer(prob, lay, parts, left)
-    bounds, proven = _milp_layers(prob, parts, backend, mip_rel_gap, skip_small=True)
+            # the MILP after the search needs twice its root LP's time, else the search takes it all
+            milp_fits = 0.85 * (1 - _SEARCH_SHARE) * left >= 2 * lp_s
+            lp_bounds[lay] = _lp_round_layer(prob, lay, parts, left, search=_SEARCH_SHARE if milp_fits else 0.9)
+            if not milp_fits:
+                searched.add(lay)
+    bounds, proven = _milp_layers(prob, parts, backend, mip_rel_gap, skip_small=True, skip=searched)
     return _finish(prob, parts, np.maximum(bounds, lp_bounds), proven, {"backend": backend}, rel_gap=mip_rel_gap)
 
 
@@ -393,6 +402,11 @@ def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
 # 128x8 layers; with 2 s the MILP needs all of it (128x8 Zipf: 2% longer with the LP phase first).
 _LP_SHARE = 0.5
 _LP_BEFORE_S = 1.2
+# ... and then searches the placement's neighbourhood until this share of the layer's time is used
+# (0.9 when what is left cannot hold the MILP's root LP twice: HiGHS given 0.32 s for a 128x8 MILP
+# returned after 0.43 s); copies the LP gave less than _SEARCH_MIN_Z are not candidates.
+_SEARCH_SHARE = 0.6
+_SEARCH_MIN_Z = 0.02
 
 
 def _lp_seconds(columns: int) -> float:
@@ -402,11 +416,13 @@ def _lp_seconds(columns: int) -> float:
     return 3e-5 * columns * max(1.0, columns / 2500.0)
 
 
-def _lp_round_layer(prob: Problem, lay: int, parts: list[LayerParts], time_s: float) -> float:
+def _lp_round_layer(prob: Problem, lay: int, parts: list[LayerParts], time_s: float, search: float = 0.0) -> float:
     """LP relaxation of one layer, rounded in each order of :func:`rounding_keys` and polished
-    (:func:`polished_placement`) within ``time_s``; improves ``parts[lay]`` in place and returns the
-    LP bound (-inf when the LP did not finish)."""
-    end = min(prob.deadline, time.perf_counter() + time_s)
+    (:func:`polished_placement`) within ``time_s``; then, until ``search`` x ``time_s`` has passed, a
+    local search (:mod:`placement_search`) over the copies the LP put weight on. Improves
+    ``parts[lay]`` in place and returns the LP bound (-inf when the LP did not finish)."""
+    start = time.perf_counter()
+    end = min(prob.deadline, start + time_s)
     m = copies_active(build_layer_model(prob.loads[lay], prob.topology, prob.windows_us, prob.params))
     sol = solve_highs(m, 0.85 * time_s, relax=True)  # margin: HiGHS overruns its limit a little
     if sol.x is None or _remaining(end) <= 0:
@@ -422,6 +438,13 @@ def _lp_round_layer(prob: Problem, lay: int, parts: list[LayerParts], time_s: fl
         cand = polished_placement(prob, lay, placement, end)
         if cand is not None and cand.makespan_us < parts[lay].makespan_us:
             parts[lay] = cand
+    stop = min(end, start + search * time_s)
+    if _remaining(stop) > 0:
+        keys = rounding_keys(m, prob, lay, sol.x)[1]  # by the LP's tokens on the copy
+        order = np.argsort(-keys, kind="stable")
+        cands = m.copies[order[zval[order] > _SEARCH_MIN_Z]]
+        parts[lay] = improve_placement(prob, parts[lay], cands,
+                                       lambda reps: polished_placement(prob, lay, reps, stop), stop)
     return sol.bound
 
 
