@@ -372,12 +372,12 @@ def solve_milp(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
 @register("auto")
 def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4) -> SolverResult:
     """Anytime: the greedy plan at once; its token split polished by the token LP
-    (:func:`polished_placement`); then each layer's
-    MILP (HiGHS solves the LP relaxation at the root and rounds it with its own heuristics) while the
-    budget lasts; before the MILP, the LP relaxation rounded (``lp-round``) where the layer's share is
-    under ~1 s, too short for the MILP's root, but fits the LP twice. Every phase keeps a layer's plan only if it is better. A phase that
-    cannot be built and searched in the layer's share of the budget is skipped, so the budget is never
-    overrun by it."""
+    (:func:`polished_placement`); where a layer's share of the budget is under ~1 s (too short for
+    the MILP's root) but holds the LP relaxation twice, the LP rounded (as ``lp-round``) and a local
+    search over the rounded placement (:mod:`placement_search`); then each layer's MILP (HiGHS
+    solves the LP relaxation at the root and rounds it with its own heuristics) while the budget
+    lasts. Every phase keeps a layer's plan only if it is better. A phase that cannot be built and
+    searched in the layer's share of the budget is skipped, so the budget is not overrun by it."""
     parts = _polished_start(prob)
     L = len(parts)
     lp_bounds = np.full(L, -math.inf)
@@ -428,8 +428,9 @@ def _lp_round_layer(prob: Problem, lay: int, parts: list[LayerParts], time_s: fl
     if sol.x is None or _remaining(end) <= 0:
         return sol.bound
     zval = sol.x[m.z0:m.y0]
+    keys = rounding_keys(m, prob, lay, sol.x)
     tried = set()
-    for key in rounding_keys(m, prob, lay, sol.x):
+    for key in keys:
         placement = round_placement(m, prob, zval, key)
         sig = placement[np.lexsort(placement.T)].tobytes()
         if sig in tried or _remaining(end) <= 0:
@@ -440,8 +441,7 @@ def _lp_round_layer(prob: Problem, lay: int, parts: list[LayerParts], time_s: fl
             parts[lay] = cand
     stop = min(end, start + search * time_s)
     if _remaining(stop) > 0:
-        keys = rounding_keys(m, prob, lay, sol.x)[1]  # by the LP's tokens on the copy
-        order = np.argsort(-keys, kind="stable")
+        order = np.argsort(-keys[1], kind="stable")  # by the LP's tokens on the copy
         cands = m.copies[order[zval[order] > _SEARCH_MIN_Z]]
         parts[lay] = improve_placement(prob, parts[lay], cands,
                                        lambda reps: polished_placement(prob, lay, reps, stop), stop)
