@@ -47,6 +47,19 @@ def test_milp_is_optimal_and_ordered(case):
     assert auto.makespan_us <= greedy.makespan_us * (1 + 1e-9) + 1e-9
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(max_nodes=2, max_rpn=4, max_layers=2))
+def test_auto_with_a_short_budget_rounds_searches_and_stays_valid(case):
+    # under ~1 s per layer auto runs its LP rounding and placement search: plans stay valid (solve()
+    # validates), never worse than greedy, and the budget holds
+    loads, topo, budget = case
+    budget = Budget(window_us=budget.window_us, time_limit_s=0.4)
+    greedy = solve(loads, topo, budget, solver="greedy")
+    auto = solve(loads, topo, budget, solver="auto")
+    assert auto.makespan_us <= greedy.makespan_us * (1 + 1e-9) + 1e-9
+    assert auto.solve_time_s < 0.4 * 1.25
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(max_nodes=2, max_rpn=2, max_layers=1), st.booleans())
 def test_highs_matrices_match_cvxpy_reference(case, fixed):
