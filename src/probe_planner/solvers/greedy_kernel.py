@@ -55,6 +55,15 @@ STUCK_DEST = 1
 
 
 @nb.njit(cache=True, _nrt=False, inline="always")
+def _listed(cand_e, cand_d, n_cand, e, d):
+    """Whether candidate (expert ``e``, destination ``d``; -1: chosen later) is already listed."""
+    for c in range(n_cand):
+        if cand_e[c] == e and cand_d[c] == d:
+            return True
+    return False
+
+
+@nb.njit(cache=True, _nrt=False, inline="always")
 def _heaviest_held(kind, r0, g, n, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, n_cand, cand_e, cand_d, send, need_send):
     """The expert held by ``r0`` with the most tokens there (``kind`` 0) or the most received there
     (1), not yet a candidate nor on every rank; with ``need_send``, only one some native host can
@@ -77,11 +86,7 @@ def _heaviest_held(kind, r0, g, n, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, n
             if hosts[e, i] == r0:
                 v = xh[e, i] if kind == 0 else xh[e, i] - n[r0, e]
         if v > bv:
-            dup = False
-            for c in range(n_cand):
-                if cand_e[c] == e and cand_d[c] < 0:
-                    dup = True
-            if not dup:
+            if not _listed(cand_e, cand_d, n_cand, e, -1):
                 bv = v
                 be = e
     return be
@@ -117,11 +122,7 @@ def _candidates(kinds, g, e_all, n_exp, slots, n, is_host, hosts, nh, nat_cnt, x
             else:
                 for e in range(e_all):
                     if n[r0, e] > bv and not is_host[e, r0]:
-                        dup = False
-                        for c in range(n_cand):
-                            if cand_e[c] == e and cand_d[c] == r0:
-                                dup = True
-                        if not dup:
+                        if not _listed(cand_e, cand_d, n_cand, e, r0):
                             bv = n[r0, e]
                             be = e
             if be < 0:
@@ -189,11 +190,7 @@ def _stuck_candidates(g, e_all, n_exp, slots, n, is_host, hosts, nh, nat_cnt, xh
                     ok = ok or (fit1 and send[u] >= 2.0)
             if not ok:
                 continue
-            dup = False
-            for c in range(n_cand):
-                if cand_e[c] == e and cand_d[c] == rm:
-                    dup = True
-            if not dup:
+            if not _listed(cand_e, cand_d, n_cand, e, rm):
                 bv = n[rm, e]
                 be = e
         if be < 0:
