@@ -53,8 +53,10 @@ def problems(draw, max_nodes: int = 3, max_rpn: int = 4, max_layers: int = 2, fr
         placement = native
     topo = make_topology(nodes, rpn, epr, slots, placement)
     p = CostParams.from_topology(topo)
-    window = draw(st.sampled_from([0.0, 0.5, 1.0, 2.5, 8.0, np.inf]))
-    window_us = window * p.copy_intra_us if np.isfinite(window) else np.inf
+    # exact multiples of either copy time too: the window rule must agree everywhere at the boundary
+    window = draw(st.sampled_from([0.0, 0.5, 1.0, 2.5, 3.0, 5.0, 8.0, np.inf]))
+    unit = draw(st.sampled_from([p.copy_intra_us, p.copy_inter_us]))
+    window_us = window * unit if np.isfinite(window) else np.inf
     layers = draw(st.integers(1, max_layers))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)

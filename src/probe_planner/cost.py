@@ -15,6 +15,7 @@ import numpy as np
 
 from .routes import sole_host
 from .topology import Topology
+from .window import copies_that_fit
 
 # Indices into the flat parameter vector handed to numba kernels.
 ALPHA, BETA, TOK_INTRA, TOK_INTER, COPY_INTRA, COPY_INTER = range(6)
@@ -235,7 +236,8 @@ def evaluate(topo: Topology, loads: np.ndarray, route_idx: np.ndarray, route_tok
 
 
 def copy_capacity(topo: Topology, windows_us: np.ndarray, params: CostParams | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``([G] copies a rank can receive, [G] copies it can send)`` within its window (and slots)."""
+    """``([G] copies a rank can receive, [G] copies it can send)`` within its window (and slots),
+    by the one window rule (:mod:`probe_planner.window`)."""
     p = params or CostParams.from_topology(topo)
     g = topo.num_ranks
     links = []
@@ -243,10 +245,10 @@ def copy_capacity(topo: Topology, windows_us: np.ndarray, params: CostParams | N
         links.append(p.copy_intra_us)
     if topo.num_nodes > 1:
         links.append(p.copy_inter_us)
-    most = float(g * topo.num_experts)  # more copies than any plan can make (keeps inf windows finite)
+    most = g * topo.num_experts  # more copies than any plan can make (keeps inf windows finite)
     cap = np.zeros(g)
     for unit in links:  # the two link kinds run concurrently, so their capacities add
-        cap += np.floor(np.minimum(windows_us / unit, most))
+        cap += copies_that_fit(unit, windows_us, most)
     return np.minimum(cap, topo.slots), cap
 
 

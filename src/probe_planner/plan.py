@@ -21,10 +21,11 @@ from functools import cached_property
 import numpy as np
 
 from .budget import Budget
-from .cost import Metrics, evaluate, lower_bound_us
+from .cost import CostParams, Metrics, evaluate, lower_bound_us
 from .errors import PlanInvalidError
 from .routes import expand_routes, listed_pairs
 from .topology import Topology
+from .window import copies_fit_np
 
 LAYER, EXPERT, SRC, DST = range(4)  # replica columns
 R_LAYER, R_SRC, R_EXPERT, R_DST = range(4)  # route columns
@@ -195,11 +196,19 @@ class Plan:
             raise PlanInvalidError(f"layer {lo}, expert {eo}: {n_hosts[lo, eo]} hosts but no routes listed "
                                    "(only an expert with one host may leave its routes implicit)")
         win = self.budget.windows(G)
-        trans = self.metrics.transfer_per_rank_us
-        over = trans > win[None, :] * (1 + _REL_TOL) + _REL_TOL
+        node = topo.node_of
+        inter = (node[s] != node[d]).astype(np.int64)
+        counts = np.zeros((L, G, 4))  # copies in intra, in inter, out intra, out inter
+        np.add.at(counts, (lay, d, inter), 1.0)
+        np.add.at(counts, (lay, s, 2 + inter), 1.0)
+        p = CostParams.from_topology(topo)
+        units = np.array([p.copy_intra_us, p.copy_inter_us, p.copy_intra_us, p.copy_inter_us])
+        over = ~copies_fit_np(counts, units, win[None, :, None])
         if over.any():
-            lo, r = np.argwhere(over)[0]
-            raise PlanInvalidError(f"rank {r} in layer {lo}: replica transfers take {trans[lo, r]:.3f} us > window {win[r]:.3f} us")
+            lo, r, k = np.argwhere(over)[0]
+            kind = ("receives", "sends")[k // 2] + " " + ("intra-node", "inter-node")[k % 2]
+            raise PlanInvalidError(f"rank {r} in layer {lo} {kind} {int(counts[lo, r, k])} replica copies taking "
+                                   f"{counts[lo, r, k] * units[k]:.3f} us > window {win[r]:.3f} us")
 
         rl, rs, re_, rd = ri.T
         held = native[rd, re_] | np.isin((rl * E + re_) * G + rd, key)

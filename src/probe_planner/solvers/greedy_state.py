@@ -17,6 +17,7 @@ import numba as nb
 import numpy as np
 
 from ..cost import ALPHA, BETA, COPY_INTER, COPY_INTRA, TOK_INTER, TOK_INTRA, expert_time_us, link_time_us, single_host_pass
+from ..window import copies_fit
 
 TOL = 1e-9  # relative tolerance of every comparison of times
 
@@ -336,18 +337,10 @@ def node_max(nd, rpn, st):
 
 @nb.njit(cache=True, _nrt=False)
 def copy_fits(r, incoming, link, copies, win, p):
-    """Would one more copy in (``incoming``) or out of rank ``r`` over ``link`` fit its window?"""
-    c0, c1, c2, c3 = copies[r, 0], copies[r, 1], copies[r, 2], copies[r, 3]
-    k = (0 if incoming else 2) + link
-    if k == 0:
-        c0 += 1.0
-    elif k == 1:
-        c1 += 1.0
-    elif k == 2:
-        c2 += 1.0
-    else:
-        c3 += 1.0
-    return link_time_us(c0, c1, c2, c3, p[COPY_INTRA], p[COPY_INTER]) <= win[r] * (1.0 + TOL) + TOL
+    """Would one more copy in (``incoming``) or out of rank ``r`` over ``link`` fit its window?
+    (Each end and link kind on its own: :mod:`probe_planner.window`.)"""
+    count = copies[r, (0 if incoming else 2) + link] + 1.0
+    return copies_fit(count, p[COPY_INTRA] if link == 0 else p[COPY_INTER], win[r])
 
 
 @nb.njit(cache=True, _nrt=False)
@@ -386,7 +379,7 @@ def cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies, 
         for i in range(nat_cnt[e]):
             if node_of[hosts[e, i]] == node_of[r]:
                 same_node = True
-        if not same_node and (copies[r, 1] + 1.0) * p[COPY_INTER] > win[r] * (1.0 + TOL) + TOL:
+        if not same_node and not copies_fit(copies[r, 1] + 1.0, p[COPY_INTER], win[r]):
             continue
         if copy_source(e, r, nat_cnt, hosts, node_of, copies, win, p) < 0:
             continue

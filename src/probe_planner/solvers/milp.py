@@ -19,13 +19,12 @@ from ..cost import evaluate, lower_bound_us
 from ..errors import SolverError
 from ..problem import Problem
 from ..routes import compact_routes, expand_routes
+from ..window import copies_fit_np
 from . import SolverResult, register
 from .greedy import prepare, run_kernel
 from .lp_backends import ModelSolution, get_backend, solve_highs
 from .milp_model import LayerModel, build_layer_model, copies_active, model_columns, node_flows
 from .placement_search import improve_placement
-
-_EPS = 1e-9
 
 
 @dataclass
@@ -211,9 +210,7 @@ def round_placement(m: LayerModel, prob: Problem, zval: np.ndarray, key: np.ndar
             continue
         k = 0 if node[u] == node[r] else 1
         unit = p.copy_intra_us if k == 0 else p.copy_inter_us
-        if (cnt[r, k] + 1) * unit > prob.windows_us[r] * (1 + _EPS) + _EPS:
-            continue
-        if (cnt[u, 2 + k] + 1) * unit > prob.windows_us[u] * (1 + _EPS) + _EPS:
+        if not (copies_fit_np(cnt[r, k] + 1, unit, prob.windows_us[r]) and copies_fit_np(cnt[u, 2 + k] + 1, unit, prob.windows_us[u])):
             continue
         cnt[r, k] += 1
         cnt[u, 2 + k] += 1

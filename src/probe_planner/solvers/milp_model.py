@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 from ..cost import CostParams
 from ..topology import Topology
+from ..window import copies_fit_np, copies_that_fit
 
 
 @dataclass
@@ -90,7 +91,7 @@ def candidate_copies(topo: Topology, windows_us: np.ndarray, params: CostParams)
     r_c = np.tile(np.arange(g), e_idx.size)
     node = topo.node_of
     unit = np.where(node[u_c] == node[r_c], params.copy_intra_us, params.copy_inter_us)
-    keep = ~native[r_c, e_c] & (unit <= windows_us[r_c] * (1 + 1e-9) + 1e-9) & (unit <= windows_us[u_c] * (1 + 1e-9) + 1e-9)
+    keep = ~native[r_c, e_c] & copies_fit_np(1.0, unit, windows_us[r_c]) & copies_fit_np(1.0, unit, windows_us[u_c])
     return np.stack([e_c[keep], u_c[keep], r_c[keep]], axis=1)
 
 
@@ -277,8 +278,8 @@ def _copy_rows(rows: _Rows, topo, windows_us, params, copies, host_id, z0, a0) -
         # windows on both ends, per link kind. Every copy over one link kind costs the same, so
         # kappa_k Σ z <= W is Σ z <= floor(W / kappa_k): the same integer points, a tighter LP.
         kinter = (node[cu] != node[cr]).astype(np.int64)
-        units = np.array([params.copy_intra_us, params.copy_inter_us])
-        cap = np.floor(np.minimum(windows_us[:, None] / units[None, :], C) * (1 + 1e-9) + 1e-9).ravel()  # [G*2]
+        cap = np.stack([copies_that_fit(u, windows_us, C) for u in (params.copy_intra_us, params.copy_inter_us)],
+                       axis=1).ravel().astype(np.float64)  # [G*2]
         for rank in (cr, cu):
             rows.add(z0 + np.arange(C), np.ones(C), rank * 2 + kinter, np.full(2 * g, -np.inf), cap)
         return first, first + nr

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from ..problem import Problem
+from ..window import copies_fit_np
 
 _EPS = 1e-9
 
@@ -33,10 +34,10 @@ def placement_fits(prob: Problem, replicas: np.ndarray) -> bool:
     if np.any(np.bincount(r, minlength=g) > topo.slots):
         return False
     inter = (topo.node_of[u] != topo.node_of[r]).astype(np.int64)
-    unit = np.where(inter == 1, p.copy_inter_us, p.copy_intra_us)
-    for rank in (r, u):  # receiving, then sending end
-        need = np.bincount(rank * 2 + inter, weights=unit, minlength=2 * g).reshape(g, 2).max(axis=1)
-        if np.any(need > prob.windows_us * (1 + _EPS) + _EPS):
+    units = np.array([p.copy_intra_us, p.copy_inter_us])
+    for rank in (r, u):  # receiving, then sending end, each link kind on its own
+        count = np.bincount(rank * 2 + inter, minlength=2 * g).reshape(g, 2)
+        if not np.all(copies_fit_np(count, units[None, :], prob.windows_us[:, None])):
             return False
     return True
 
