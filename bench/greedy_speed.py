@@ -18,8 +18,10 @@ import numpy as np
 from probe_planner import Budget, ModelShape, Topology, solve
 from probe_planner.errors import TraceError
 from probe_planner.problem import Problem
-from probe_planner.solvers.greedy import run_kernel
-from probe_planner.solvers.milp import THOROUGH  # greedy's most thorough settings
+from probe_planner.solvers.greedy import (
+    THOROUGH,  # greedy's most thorough settings
+    run_kernel,
+)
 from probe_planner.traces import qwen3_prefill_loads
 
 SHAPES = [(64, 8), (128, 8), (256, 32), (256, 64)]

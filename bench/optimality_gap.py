@@ -19,7 +19,7 @@ import numpy as np
 
 from probe_planner import Budget, solve
 from probe_planner.errors import TraceError
-from probe_planner.solvers.milp import THOROUGH
+from probe_planner.solvers.greedy import THOROUGH
 from solver_quality import synthetic_topology, trace_cases, zipf
 
 FAST = [("static", "static", {}), ("greedy", "greedy", {}), ("thorough", "greedy", THOROUGH),

@@ -15,7 +15,7 @@ import numpy as np
 
 from probe_planner import Budget, ModelShape, Topology, solve
 from probe_planner.errors import TraceError
-from probe_planner.solvers.milp import THOROUGH
+from probe_planner.solvers.greedy import THOROUGH
 from probe_planner.traces import qwen3_prefill_loads, switch_base_loads
 
 SOLVERS = [("static", {}), ("greedy", {}), ("greedy", THOROUGH),

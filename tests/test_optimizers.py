@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from probe_planner import Budget, solve
 from probe_planner.problem import Problem
 from probe_planner.solvers.lp_backends import solve_highs
-from probe_planner.solvers.milp import polished_placement, token_lp
 from probe_planner.solvers.milp_model import build_layer_model
+from probe_planner.solvers.token_lp import polished_placement, token_lp
 
 from .conftest import make_topology, problems
 from .reference_lp import reference_lp_value
@@ -150,7 +150,7 @@ def test_tiny_budget_still_valid(solver):
 
 def test_unknown_backend():
     topo = make_topology(1, 2, 2, slots=1)
-    with pytest.raises(ValueError, match="unknown MILP backend 'gurobi'"):
+    with pytest.raises(ValueError, match=r"backend must be one of \['highs', 'ortools'\], got 'gurobi'"):
         solve(np.ones((2, 4)), topo, Budget(window_us=1.0), solver="milp", backend="gurobi")
 
 
@@ -191,7 +191,7 @@ def test_multinode_node_form_is_exact(case, fixed):
         assert sol.status == "optimal"
         values.append(sol.objective)
         if form == "node" and hosts is None:  # and its solution routes at the model's cost
-            from probe_planner.solvers.milp import parts_from_solution
+            from probe_planner.solvers.decode import parts_from_solution
             parts = parts_from_solution(m, prob, 0, sol.x)
             assert parts.makespan_us <= sol.objective * (1 + 1e-6) + 1e-6
     assert values[0] == pytest.approx(values[1], rel=1e-5, abs=1e-6)

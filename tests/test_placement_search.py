@@ -8,8 +8,8 @@ import numpy as np
 
 from probe_planner import Budget
 from probe_planner.problem import Problem
-from probe_planner.solvers.milp import polished_placement, token_lp
 from probe_planner.solvers.placement_search import improve_placement, placement_fits
+from probe_planner.solvers.token_lp import polished_placement, token_lp
 
 from .conftest import make_topology
 

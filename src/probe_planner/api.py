@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 
 import numpy as np
 
 from .budget import Budget
-from .errors import SolverError
 from .loads import Sources
 from .plan import Plan
 from .problem import Problem
@@ -29,17 +27,13 @@ def solve(loads: np.ndarray, topology: Topology, budget: Budget, solver: str = "
     (problem building included; validation and one-time kernel compilation excluded). Raises a :class:`PlannerError` subclass on
     bad input; never returns an invalid plan.
     """
-    fn = get_solver(solver)
-    params = inspect.signature(fn).parameters
-    unknown = sorted(set(options) - set(list(params)[1:]))
-    if unknown:
-        raise SolverError(f"solver {solver!r} takes no option(s) {unknown}; its options: {list(params)[1:]}")
-    prepare = getattr(fn, "prepare", None)
-    if prepare is not None:  # one-time compilation is not the solver's work: keep it off the clock
-        prepare()
+    spec = get_solver(solver)
+    opts = spec.check_options(options)
+    if spec.prepare is not None:  # one-time compilation is not the solver's work: keep it off the clock
+        spec.prepare()
     start = time.perf_counter()
     prob = Problem.build(loads, topology, budget, sources, start=start)
-    out = fn(prob, **options)
+    out = spec.fn(prob, **opts)
     elapsed = time.perf_counter() - start
     plan = Plan(topology, budget, prob.loads, out.replicas, out.route_idx, out.route_tok,
                 solver=solver, solve_time_s=elapsed, info=out.info)

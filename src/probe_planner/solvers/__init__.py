@@ -1,23 +1,31 @@
-"""Solvers are interchangeable strategies registered by name; :func:`probe_planner.solve` picks one.
+"""Solvers: interchangeable strategies behind :func:`probe_planner.solve`, one module each.
 
-A solver is ``fn(problem: Problem, **options) -> SolverResult``. Adding one means a new module here
-that decorates its function with ``@register("name")`` and one import line below.
+- ``static`` (:mod:`.static`), ``greedy`` (:mod:`.greedy`; kernel in :mod:`.greedy_kernel`, state
+  and moves in :mod:`.greedy_state`)
+- ``lp-tokens`` (:mod:`.token_lp`), ``lp-round`` (:mod:`.lp_round`), ``milp`` (:mod:`.milp`),
+  ``auto`` (:mod:`.auto`); shared: the layer model (:mod:`.milp_model`), its backends
+  (:mod:`.lp_backends`), decoding solutions into routes (:mod:`.decode`), per-layer plumbing and
+  time shares (:mod:`.layers`), the placement search (:mod:`.placement_search`).
+
+A solver is ``fn(problem: Problem, **options) -> SolverResult`` registered with
+:func:`.registry.register` (name, typed options, one-time preparation); adding one means a new
+module that registers itself and one import line below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import SolverError
+from .registry import Option, SolverSpec, get_solver, register, solver_names
 
 
 @dataclass
 class SolverResult:
     """replicas ``[R, 4]`` (layer, expert, src, dst); route_idx ``[N, 4]`` (layer, src, expert, dst);
-    route_tok ``[N]``; info: solver-specific facts (moves, whether the deadline cut it short, ...)."""
+    route_tok ``[N]``; info: solver-specific facts (status, bound, moves, ...); ``info["message"]``
+    says why the solver stopped."""
 
     replicas: np.ndarray
     route_idx: np.ndarray
@@ -25,26 +33,6 @@ class SolverResult:
     info: dict = field(default_factory=dict)
 
 
-Solver = Callable[..., SolverResult]
-_REGISTRY: dict[str, Solver] = {}
+from . import auto, greedy, lp_round, milp, static, token_lp  # noqa: E402,F401  (registration)
 
-
-def register(name: str) -> Callable[[Solver], Solver]:
-    def deco(fn: Solver) -> Solver:
-        _REGISTRY[name] = fn
-        return fn
-    return deco
-
-
-def get_solver(name: str) -> Solver:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise SolverError(f"unknown solver {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
-
-
-def solver_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-from . import greedy, milp  # noqa: E402,F401  (registration)
+__all__ = ["SolverResult", "Option", "SolverSpec", "get_solver", "register", "solver_names"]
