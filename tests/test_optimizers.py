@@ -129,7 +129,7 @@ def test_polish_drops_replicas_under_the_roofline_floor():
     loads[:, 0] = 10.0
     prob = Problem.build(loads, topo, Budget(window_us=1e4))
     copies = np.array([[0, 0, r] for r in (1, 2, 3)])
-    plain, _ = token_lp(prob, 0, copies, 30.0)
+    plain, _ = token_lp(prob, 0, copies, time.perf_counter() + 30.0)
     assert plain.replicas.shape[0] == 3
     polished = polished_placement(prob, 0, copies, time.perf_counter() + 30.0)
     assert polished.replicas.shape[0] == 0

@@ -39,7 +39,7 @@ def test_placement_fits_checks_slots_windows_duplicates_and_natives():
 def test_search_adds_copies_of_the_hot_expert_and_drops_useless_ones():
     prob = _problem(window_us=1e4)
     useless = np.array([[6, 3, 1]])  # a cold expert's copy
-    start, _ = token_lp(prob, 0, useless, 30.0)
+    start, _ = token_lp(prob, 0, useless, time.perf_counter() + 30.0)
     cands = np.array([[6, 3, 1], [0, 0, 1], [0, 0, 2], [0, 0, 3]])
     end = time.perf_counter() + 30.0
     best = improve_placement(prob, start, cands, lambda reps: polished_placement(prob, 0, reps, end), end)
@@ -51,7 +51,7 @@ def test_search_adds_copies_of_the_hot_expert_and_drops_useless_ones():
 
 def test_search_stops_at_its_deadline():
     prob = _problem(window_us=1e4)
-    start, _ = token_lp(prob, 0, np.zeros((0, 3), dtype=np.int64), 30.0)
+    start, _ = token_lp(prob, 0, np.zeros((0, 3), dtype=np.int64), time.perf_counter() + 30.0)
     cands = np.array([[0, 0, 1], [0, 0, 2]])
     best = improve_placement(prob, start, cands, lambda reps: polished_placement(prob, 0, reps, 0.0),
                              time.perf_counter() - 1.0)

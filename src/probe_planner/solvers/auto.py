@@ -27,7 +27,7 @@ def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
     solves the LP relaxation at the root and rounds it with its own heuristics) while the budget
     lasts. Every phase keeps a layer's plan only if it is better. A phase that cannot be built and
     searched in the layer's share of the budget is skipped, so the budget is not overrun by it."""
-    parts = polished_start(prob)
+    parts, notes = polished_start(prob)
     L = len(parts)
     lp_bounds = np.full(L, -math.inf)
     searched = set()
@@ -40,8 +40,12 @@ def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
             lp_bounds[lay] = lp_round_layer(prob, lay, parts, left, search=_SEARCH_SHARE if milp_fits else 0.9)
             if not milp_fits:
                 searched.add(lay)
-    bounds, proven = milp_layers(prob, parts, backend, mip_rel_gap, skip_small=True, skip=searched)
-    return finish(prob, parts, np.maximum(bounds, lp_bounds), proven, {"backend": backend}, rel_gap=mip_rel_gap)
+    bounds, proven, short = milp_layers(prob, parts, backend, mip_rel_gap, skip=searched)
+    lp_done = int(np.isfinite(lp_bounds).sum())
+    notes.append(f"LP rounding on {lp_done} of {L} layer(s), MILP on {L - short - len(searched)}; "
+                 + ("the budget ran out" if short else "each phase within its share of the budget"))
+    return finish(prob, parts, np.maximum(bounds, lp_bounds), proven, {"backend": backend}, rel_gap=mip_rel_gap,
+                  message="; ".join(notes))
 
 
 # auto runs the LP rounding when its LP is expected to take at most half of the layer's share and

@@ -41,15 +41,16 @@ def layer_makespan(prob: Problem, lay: int, replicas: np.ndarray, routes: np.nda
 
 
 def split_layers(prob: Problem, res: SolverResult) -> list[LayerParts]:
-    """A multi-layer :class:`SolverResult` as per-layer parts with every route explicit, each scored."""
-    out = []
-    idx, tok_all = expand_routes(prob.topology.native, prob.loads, res.route_idx, res.route_tok)
-    for lay in range(prob.loads.shape[0]):
-        rm = res.replicas[:, 0] == lay
-        qm = idx[:, 0] == lay
-        rep, routes, tok = res.replicas[rm, 1:], idx[qm, 1:], tok_all[qm]
-        out.append(LayerParts(rep, routes, tok, layer_makespan(prob, lay, rep, routes, tok)))
-    return out
+    """A multi-layer :class:`SolverResult` as per-layer parts with every route explicit, each scored
+    (one cost-model pass for all layers)."""
+    L = prob.loads.shape[0]
+    mk = evaluate(prob.topology, prob.loads, res.route_idx, res.route_tok, res.replicas, prob.params).layer_makespan_us
+    idx, tok_all = expand_routes(prob.topology.native, prob.loads, res.route_idx, res.route_tok)  # sorted by layer
+    rep = res.replicas[np.argsort(res.replicas[:, 0], kind="stable")]
+    rcut = np.searchsorted(rep[:, 0], np.arange(L + 1))
+    qcut = np.searchsorted(idx[:, 0], np.arange(L + 1))
+    return [LayerParts(rep[rcut[i]:rcut[i + 1], 1:], idx[qcut[i]:qcut[i + 1], 1:], tok_all[qcut[i]:qcut[i + 1]], float(mk[i]))
+            for i in range(L)]
 
 
 def join_layers(prob: Problem, parts: list[LayerParts], info: dict) -> SolverResult:
@@ -62,11 +63,21 @@ def join_layers(prob: Problem, parts: list[LayerParts], info: dict) -> SolverRes
     return SolverResult(rep, idx, tok, info)
 
 
-def greedy_start(prob: Problem) -> list[LayerParts]:
+def greedy_start(prob: Problem) -> tuple[list[LayerParts], SolverResult]:
+    """Greedy's default plan and, where the time left holds it, its thorough one (``THOROUGH``),
+    the better per layer; also the default run's result (its ``info`` says whether it finished)."""
     moves = prob.topology.num_ranks * prob.topology.slots
-    default = split_layers(prob, run_kernel(prob, moves))
+    t0 = time.perf_counter()
+    first = run_kernel(prob, moves)
+    default = split_layers(prob, first)
+    # thorough costs 3-8x the default (bench/greedy_speed.py): run it only where that fits
+    if not first.info["finished"] or remaining(prob.deadline) < THOROUGH_COST * (time.perf_counter() - t0):
+        return default, first
     thorough = split_layers(prob, run_kernel(prob, moves, **THOROUGH))
-    return [t if t.makespan_us < d.makespan_us else d for d, t in zip(default, thorough, strict=True)]
+    return [t if t.makespan_us < d.makespan_us else d for d, t in zip(default, thorough, strict=True)], first
+
+
+THOROUGH_COST = 10.0
 
 
 def remaining(deadline: float) -> float:
@@ -74,16 +85,19 @@ def remaining(deadline: float) -> float:
 
 
 def finish(prob: Problem, parts: list[LayerParts], bounds: np.ndarray, proven: list[bool], extra: dict,
-            rel_gap: float = 1e-4) -> SolverResult:
+           rel_gap: float = 1e-4, message: str = "") -> SolverResult:
     """Assemble the layers; "optimal" when every layer's model was solved to ``rel_gap`` and the
-    integral plan is within ``2·rel_gap`` of the bound (token rounding may add a little)."""
+    integral plan is within ``2·rel_gap`` of the bound (token rounding may add a little).
+    ``message`` says why the solver stopped (the status prefixes it when optimal)."""
     analytic = lower_bound_us(prob.topology, prob.loads, prob.windows_us, prob.params)
     bounds = np.maximum(bounds, analytic)
     mk = np.array([p.makespan_us for p in parts])
     optimal = all(proven) and bool(np.all(mk <= bounds * (1 + 2 * rel_gap) + 1e-9))
     status = "optimal" if optimal else "feasible"
     total_mk, total_b = float(mk.sum()), float(bounds.sum())
-    info = dict(extra, status=status, bound_us=total_b, layer_bound_us=bounds,
+    if optimal:
+        message = f"optimal within mip_rel_gap={rel_gap:g}"
+    info = dict(extra, status=status, bound_us=total_b, layer_bound_us=bounds, message=message,
                 gap=0.0 if total_mk <= 0 else max(0.0, (total_mk - total_b) / total_mk))
     return join_layers(prob, parts, info)
 
@@ -95,11 +109,16 @@ def model_size(prob: Problem, lay: int, copies: bool = True) -> int:
     return model_columns(prob.loads[lay], prob.topology, prob.windows_us, prob.params, fixed)
 
 
-# Measured on a 2-core CI-class machine: building costs ~0.3 us per column and HiGHS, which cannot
-# be interrupted during setup and presolve, needs 3-9 us per column for even the token LP; a phase
-# with less than 10 us per column left is skipped rather than allowed to overrun the budget.
+# Measured on a 2-core CI-class machine (bench/budgets.py): HiGHS cannot be interrupted while it
+# sets up and presolves, and even a token LP stopped at once costs 2-3 us per column (5k columns:
+# 10 ms, 23k: 35-60 ms) plus 0.3-1.5 us per column of building; a phase with less than 10 us per
+# column left is skipped rather than allowed to overrun the budget.
 SECONDS_PER_COLUMN = 1e-5
-
-
+# HiGHS's MIP returns ~15% after its time limit plus ~2.5 us per column.
 OVERRUN_PER_COLUMN = 2.5e-6
 
+
+def phase_fits(prob: Problem, seconds: float, columns: int) -> bool:
+    """Whether a HiGHS phase on a model of ``columns`` columns, given ``seconds``, can run and
+    return before the deadline (``seconds`` must also not exceed the time left)."""
+    return min(seconds, remaining(prob.deadline)) >= SECONDS_PER_COLUMN * columns

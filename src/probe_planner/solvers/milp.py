@@ -4,6 +4,7 @@ token split polished; returns the incumbent, the best bound and the gap."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -11,26 +12,29 @@ from ..problem import Problem
 from . import SolverResult
 from .decode import parts_from_solution, warm_start
 from .greedy import prepare
-from .layers import OVERRUN_PER_COLUMN, SECONDS_PER_COLUMN, LayerParts, finish, model_size, remaining
-from .lp_backends import BACKENDS, get_backend
+from .layers import OVERRUN_PER_COLUMN, LayerParts, finish, model_size, phase_fits, remaining
+from .lp_backends import BACKENDS, backend_cost, get_backend
 from .milp_model import build_layer_model
 from .registry import Option, register
 from .token_lp import polished_start
 
 
-def milp_layers(prob: Problem, parts: list[LayerParts], backend: str, mip_rel_gap: float, skip_small: bool,
-                 skip: set[int] | frozenset[int] = frozenset()):
-    """Each layer's MILP (except those in ``skip``) in its share of the time left; ``skip_small``:
-    skip a layer whose share cannot build and search its model (see ``SECONDS_PER_COLUMN``)."""
+def milp_layers(prob: Problem, parts: list[LayerParts], backend: str, mip_rel_gap: float,
+                skip: set[int] | frozenset[int] = frozenset()) -> tuple[np.ndarray, list[bool], int]:
+    """Each layer's MILP (except those in ``skip``) in its share of the time left, skipping a layer
+    whose share cannot build and search its model (:func:`phase_fits`). Returns the layers' bounds,
+    whether each was proven optimal, and how many layers were skipped for time."""
     solve_backend = get_backend(backend)
     L = len(parts)
     bounds = np.full(L, -math.inf)
     proven = [False] * L
+    short = 0
     for lay in range(L):
+        if lay in skip:
+            continue
         left = remaining(prob.deadline) / (L - lay)
-        if left <= 0:
-            break
-        if lay in skip or (skip_small and left < SECONDS_PER_COLUMN * model_size(prob, lay)):
+        if not phase_fits(prob, left, model_size(prob, lay) * backend_cost(backend)):
+            short += 1
             continue
         # Token flows continuous: the model is then a relaxation of the whole-token problem (its bound
         # stays valid), the rounded plan is re-scored, and "optimal" is claimed only when that plan is
@@ -40,17 +44,18 @@ def milp_layers(prob: Problem, parts: list[LayerParts], backend: str, mip_rel_ga
         # Margins: backends overrun their limit by ~15% plus ~2.5 us per column (measured: HiGHS given
         # 35 ms on a 64x8 layer returns after 41 ms), and the answer must still be extracted.
         limit = 0.85 * remaining(prob.deadline) / (L - lay) - OVERRUN_PER_COLUMN * m.num_cols
-        if skip_small and limit <= 0:
+        if limit <= 0:
+            short += 1
             continue
-        sol = solve_backend(m, limit, warm=warm_start(m, prob, lay, parts[lay]),
-                            mip_rel_gap=mip_rel_gap, cutoff=parts[lay].makespan_us * (1 + 1e-6) + 1e-6)
+        sol = solve_backend(m, limit, warm=warm_start(m, prob, lay, parts[lay]), mip_rel_gap=mip_rel_gap,
+                            cutoff=parts[lay].makespan_us * (1 + 1e-6) + 1e-6, deadline=time.perf_counter() + limit)
         bounds[lay] = sol.bound
         if sol.x is not None:
             cand = parts_from_solution(m, prob, lay, sol.x)
             if cand.makespan_us < parts[lay].makespan_us:
                 parts[lay] = cand
         proven[lay] = sol.status == "optimal"
-    return bounds, proven
+    return bounds, proven, short
 
 
 MILP_OPTIONS = (
@@ -64,7 +69,12 @@ def solve_milp(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
     """Exact MILP per layer, started from greedy's plan with its token split polished by the token
     LP (the incumbent and cutoff); returns the incumbent, bound and gap.
     ``backend``: ``"highs"`` or ``"ortools"``; ``mip_rel_gap``: relative gap that counts as optimal."""
-    parts = polished_start(prob)
-    bounds, proven = milp_layers(prob, parts, backend, mip_rel_gap, skip_small=False)
-    return finish(prob, parts, bounds, proven, {"backend": backend}, rel_gap=mip_rel_gap)
+    parts, notes = polished_start(prob)
+    bounds, proven, short = milp_layers(prob, parts, backend, mip_rel_gap)
+    L = len(parts)
+    if short:
+        notes.append(f"budget too short for the MILP on {short} of {L} layer(s): greedy's plan (polished) kept there")
+    elif not all(proven):
+        notes.append("time limit: the MILP's incumbent and bound")
+    return finish(prob, parts, bounds, proven, {"backend": backend}, rel_gap=mip_rel_gap, message="; ".join(notes))
 

@@ -12,18 +12,21 @@ from ..problem import Problem
 from . import SolverResult
 from .decode import drop_unused, model_routes
 from .greedy import prepare, run_kernel
-from .layers import SECONDS_PER_COLUMN, LayerParts, finish, greedy_start, layer_makespan, model_size, remaining, split_layers
+from .layers import LayerParts, finish, greedy_start, layer_makespan, phase_fits, remaining, split_layers
 from .lp_backends import ModelSolution, solve_highs
-from .milp_model import build_layer_model
+from .milp_model import build_layer_model, model_columns
 from .registry import Option, register
 
 
-def token_lp(prob: Problem, lay: int, replicas: np.ndarray, time_limit_s: float) -> tuple[LayerParts | None, ModelSolution]:
-    """Best token split for a fixed placement (every host active), then integral routes."""
+def token_lp(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> tuple[LayerParts | None, ModelSolution | None]:
+    """Best token split for a fixed placement (every host active), then integral routes; by ``end``
+    (a ``perf_counter`` time), else ``(None, None)`` without starting when the LP cannot fit."""
     hosts = prob.topology.native.copy()
     hosts[replicas[:, 2], replicas[:, 0]] = True
+    if not phase_fits(prob, remaining(end), model_columns(prob.loads[lay], prob.topology, prob.windows_us, prob.params, hosts)):
+        return None, None
     m = build_layer_model(prob.loads[lay], prob.topology, prob.windows_us, prob.params, fixed_hosts=hosts)
-    sol = solve_highs(m, time_limit_s, relax=True)
+    sol = solve_highs(m, remaining(end), relax=True, deadline=end)
     if sol.x is None:
         return None, sol
     routes, tok = model_routes(m, prob, lay, sol.x, replicas)
@@ -34,9 +37,9 @@ def token_lp(prob: Problem, lay: int, replicas: np.ndarray, time_limit_s: float)
 def polished_placement(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> LayerParts | None:
     """The token LP on a placement, then again without the replicas it gave fewer tokens than
     the roofline floor (``alpha·p < beta``: such a host pays ``beta`` anyway), the better of the
-    two; both by ``end`` (a ``perf_counter`` time)."""
+    two; both by ``end`` (a ``perf_counter`` time). None when not even the first fits."""
     t0 = time.perf_counter()
-    cand, _ = token_lp(prob, lay, replicas, remaining(end))
+    cand, _ = token_lp(prob, lay, replicas, end)
     # the second LP is the same size: run it only if it fits in what is left
     if cand is None or remaining(end) < time.perf_counter() - t0 or cand.replicas.shape[0] == 0:
         return cand
@@ -46,35 +49,39 @@ def polished_placement(prob: Problem, lay: int, replicas: np.ndarray, end: float
     small = proc[rep[:, 2] * e_all + rep[:, 0]] * prob.params.alpha_us < prob.params.beta_us
     if not small.any():
         return cand
-    fewer, _ = token_lp(prob, lay, rep[~small], remaining(end))
+    fewer, _ = token_lp(prob, lay, rep[~small], end)
     return fewer if fewer is not None and fewer.makespan_us < cand.makespan_us else cand
 
 
-def polished_start(prob: Problem) -> list[LayerParts]:
+def polished_start(prob: Problem) -> tuple[list[LayerParts], list[str]]:
     """:func:`greedy_start`, each layer's token split polished exactly (:func:`polished_placement`) where
-    the layer's share of the budget allows: a few ms, often 5-10% better."""
-    parts = greedy_start(prob)
+    the layer's share of the budget allows: a few ms, often 5-10% better. Also notes on what the
+    time left out, for the plan's message."""
+    parts, first = greedy_start(prob)
+    notes = [] if first.info["finished"] else ["time limit inside greedy: returned greedy's partial plan"]
     L = len(parts)
+    polished = 0
     for lay in range(L):
-        left = remaining(prob.deadline) / (L - lay)
-        if left < SECONDS_PER_COLUMN * model_size(prob, lay, copies=False):
-            continue
-        cand = polished_placement(prob, lay, parts[lay].replicas, time.perf_counter() + left)
+        cand = polished_placement(prob, lay, parts[lay].replicas, time.perf_counter() + remaining(prob.deadline) / (L - lay))
+        polished += cand is not None
         if cand is not None and cand.makespan_us < parts[lay].makespan_us:
             parts[lay] = cand
-    return parts
+    if polished < L:
+        notes.append(f"budget too short for the token LP on {L - polished} of {L} layer(s): greedy's split kept there")
+    return parts, notes
 
 
 @register("lp-tokens", Option("base", "choice", "static", choices=("static", "greedy")), prepare=prepare)
 def solve_lp_tokens(prob: Problem, base: str = "static") -> SolverResult:
     """Token-assignment LP on the placement of ``base`` (``static`` or ``greedy``)."""
-    parts = split_layers(prob, run_kernel(prob, 0)) if base == "static" else greedy_start(prob)
+    parts = split_layers(prob, run_kernel(prob, 0)) if base == "static" else greedy_start(prob)[0]
     L = len(parts)
+    solved = 0
     for lay in range(L):
-        if remaining(prob.deadline) <= 0:
-            break
-        cand, _ = token_lp(prob, lay, parts[lay].replicas, remaining(prob.deadline) / (L - lay))
+        cand, _ = token_lp(prob, lay, parts[lay].replicas, time.perf_counter() + remaining(prob.deadline) / (L - lay))
+        solved += cand is not None
         if cand is not None and cand.makespan_us < parts[lay].makespan_us:
             parts[lay] = cand
-    return finish(prob, parts, np.full(L, -math.inf), [False] * L, {"base": base})
-
+    msg = "token LP solved on every layer" if solved == L else \
+        f"budget too short for the token LP on {L - solved} of {L} layer(s): {base}'s plan kept there"
+    return finish(prob, parts, np.full(L, -math.inf), [False] * L, {"base": base}, message=msg)
