@@ -13,7 +13,6 @@ from .errors import BudgetError, TopologyError
 from .loads import Sources, canonical_loads
 from .topology import Topology
 
-
 # What solve() does after the solver returns (join the layers, build and validate the plan), measured
 # on a 2-core CI-class machine (bench/budgets.py): ~0.1 ms plus a few ns per load entry.
 FINISH_FIXED_S = 1e-4
@@ -39,6 +38,7 @@ class Problem:
     params: CostParams
     windows_us: np.ndarray
     deadline: float = field(default=float("inf"))
+    memo: dict = field(default_factory=dict, repr=False)  # solvers' per-problem scratch (model sizes, ...)
 
     @classmethod
     def build(cls, loads, topology: Topology, budget: Budget, sources: Sources | None = None,

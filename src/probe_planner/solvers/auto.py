@@ -11,7 +11,7 @@ import numpy as np
 from ..problem import Problem
 from . import SolverResult
 from .greedy import prepare
-from .layers import finish, model_size, remaining
+from .layers import finish, greedy_fallback, greedy_first, model_size, remaining, too_short_for_lp
 from .lp_round import lp_round_layer
 from .milp import MILP_OPTIONS, milp_layers
 from .registry import register
@@ -27,7 +27,10 @@ def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
     solves the LP relaxation at the root and rounds it with its own heuristics) while the budget
     lasts. Every phase keeps a layer's plan only if it is better. A phase that cannot be built and
     searched in the layer's share of the budget is skipped, so the budget is not overrun by it."""
-    parts, notes = polished_start(prob)
+    first = greedy_first(prob)
+    if too_short_for_lp(prob):
+        return greedy_fallback(first, "auto")
+    parts, notes = polished_start(prob, first)
     L = len(parts)
     lp_bounds = np.full(L, -math.inf)
     searched = set()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..problem import Problem
-from .layers import LayerParts, layer_makespan
+from .layers import LayerParts, explicit_routes, layer_makespan
 from .milp_model import LayerModel
 
 
@@ -66,16 +66,17 @@ def warm_start(m: LayerModel, prob: Problem, lay: int, parts: LayerParts) -> np.
         return None
     x[m.z0 + pos] = 1.0
     hkey = m.hosts[:, 0] * g + m.hosts[:, 1]
-    s, e, r = parts.routes.T
+    routes, tokens = explicit_routes(prob, lay, parts)
+    s, e, r = routes.T
     hpos = np.searchsorted(hkey, e * g + r)
     if hpos.size and (np.any(hpos >= hkey.size) or np.any(hkey[np.minimum(hpos, hkey.size - 1)] != e * g + r)):
         return None
-    proc = np.bincount(hpos, weights=parts.tokens, minlength=hkey.size)
+    proc = np.bincount(hpos, weights=tokens, minlength=hkey.size)
     if m.w0 >= 0:  # multi-node node form: no hint (it is only a hint, and only OR-Tools takes one)
         return None
     if m.flows is None:
         x[m.y0:m.l0] = proc
-        x[m.l0:m.a0] = np.bincount(hpos, weights=parts.tokens * (s == r), minlength=hkey.size)
+        x[m.l0:m.a0] = np.bincount(hpos, weights=tokens * (s == r), minlength=hkey.size)
     else:
         fkey = (m.flows[:, 0] * e_all + m.flows[:, 1]) * g + m.flows[:, 2]
         order = np.argsort(fkey)
@@ -83,7 +84,7 @@ def warm_start(m: LayerModel, prob: Problem, lay: int, parts: LayerParts) -> np.
         p = np.searchsorted(fkey, qkey, sorter=order)
         if qkey.size and (np.any(p >= fkey.size) or np.any(fkey[order[np.minimum(p, fkey.size - 1)]] != qkey)):
             return None
-        x[m.y0 + order[p]] = parts.tokens
+        x[m.y0 + order[p]] = tokens
     active = proc > 0
     if m.col_lo[m.a0:m.t0].min(initial=0.0) > 0:
         active[:] = True

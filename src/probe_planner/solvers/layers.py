@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cost import evaluate, lower_bound_us
+from ..cost import evaluate
 from ..problem import Problem
 from ..routes import compact_routes, expand_routes
 from . import SolverResult
@@ -23,8 +23,9 @@ from .milp_model import model_columns
 
 @dataclass
 class LayerParts:
-    """One layer's answer: replicas ``[R, 3]`` (expert, src, dst), routes ``[N, 3]`` (src, expert, dst),
-    tokens ``[N]``, and its makespan under the cost model."""
+    """One layer's answer: replicas ``[R, 3]`` (expert, src, dst), routes ``[N, 3]`` (src, expert, dst)
+    and tokens ``[N]`` — listed for some experts at least, an unlisted expert's tokens all going to its
+    sole host (:mod:`probe_planner.routes`) — and its makespan under the cost model."""
 
     replicas: np.ndarray
     routes: np.ndarray
@@ -41,16 +42,24 @@ def layer_makespan(prob: Problem, lay: int, replicas: np.ndarray, routes: np.nda
 
 
 def split_layers(prob: Problem, res: SolverResult) -> list[LayerParts]:
-    """A multi-layer :class:`SolverResult` as per-layer parts with every route explicit, each scored
-    (one cost-model pass for all layers)."""
+    """A multi-layer :class:`SolverResult` as per-layer parts (routes as compact as the result's),
+    each scored (one cost-model pass for all layers)."""
     L = prob.loads.shape[0]
     mk = evaluate(prob.topology, prob.loads, res.route_idx, res.route_tok, res.replicas, prob.params).layer_makespan_us
-    idx, tok_all = expand_routes(prob.topology.native, prob.loads, res.route_idx, res.route_tok)  # sorted by layer
+    order = np.argsort(res.route_idx[:, 0], kind="stable")
+    idx, tok_all = res.route_idx[order], res.route_tok[order]
     rep = res.replicas[np.argsort(res.replicas[:, 0], kind="stable")]
     rcut = np.searchsorted(rep[:, 0], np.arange(L + 1))
     qcut = np.searchsorted(idx[:, 0], np.arange(L + 1))
     return [LayerParts(rep[rcut[i]:rcut[i + 1], 1:], idx[qcut[i]:qcut[i + 1], 1:], tok_all[qcut[i]:qcut[i + 1]], float(mk[i]))
             for i in range(L)]
+
+
+def explicit_routes(prob: Problem, lay: int, parts: LayerParts) -> tuple[np.ndarray, np.ndarray]:
+    """``(routes [N, 3], tokens [N])`` of one layer with every route explicit."""
+    idx = np.hstack([np.zeros((parts.routes.shape[0], 1), dtype=np.int64), parts.routes])
+    full, tok = expand_routes(prob.topology.native, prob.loads[lay:lay + 1], idx, parts.tokens)
+    return full[:, 1:], tok
 
 
 def join_layers(prob: Problem, parts: list[LayerParts], info: dict) -> SolverResult:
@@ -63,20 +72,31 @@ def join_layers(prob: Problem, parts: list[LayerParts], info: dict) -> SolverRes
     return SolverResult(rep, idx, tok, info)
 
 
-def greedy_start(prob: Problem) -> tuple[list[LayerParts], SolverResult]:
-    """Greedy's default plan and, where the time left holds it, its thorough one (``THOROUGH``),
-    the better per layer; also the default run's result (its ``info`` says whether it finished)."""
-    moves = prob.topology.num_ranks * prob.topology.slots
+def greedy_first(prob: Problem) -> SolverResult:
+    """Greedy's default plan: where every optimizer starts (valid in microseconds)."""
+    return run_kernel(prob, prob.topology.num_ranks * prob.topology.slots)
+
+
+def greedy_fallback(first: SolverResult, solver: str) -> SolverResult:
+    """``first`` (greedy's plan) as the answer of ``solver`` when its budget cannot hold an LP."""
+    info = dict(first.info, status="heuristic",
+                message=f"budget too short for {solver}'s LP phases: greedy's plan ({first.info['message']})")
+    return SolverResult(first.replicas, first.route_idx, first.route_tok, info)
+
+
+def greedy_start(prob: Problem, first: SolverResult) -> list[LayerParts]:
+    """Greedy's default plan ``first`` and, where the time left holds it, its thorough one
+    (``THOROUGH``), the better per layer."""
     t0 = time.perf_counter()
-    first = run_kernel(prob, moves)
     default = split_layers(prob, first)
     # thorough costs 3-8x the default (bench/greedy_speed.py): run it only where that fits
     if not first.info["finished"] or remaining(prob.deadline) < THOROUGH_COST * (time.perf_counter() - t0):
-        return default, first
-    thorough = split_layers(prob, run_kernel(prob, moves, **THOROUGH))
-    return [t if t.makespan_us < d.makespan_us else d for d, t in zip(default, thorough, strict=True)], first
+        return default
+    thorough = split_layers(prob, run_kernel(prob, prob.topology.num_ranks * prob.topology.slots, **THOROUGH))
+    return [t if t.makespan_us < d.makespan_us else d for d, t in zip(default, thorough, strict=True)]
 
 
+# times the default run took to split it: thorough runs 3-8x the default kernel
 THOROUGH_COST = 10.0
 
 
@@ -88,9 +108,8 @@ def finish(prob: Problem, parts: list[LayerParts], bounds: np.ndarray, proven: l
            rel_gap: float = 1e-4, message: str = "") -> SolverResult:
     """Assemble the layers; "optimal" when every layer's model was solved to ``rel_gap`` and the
     integral plan is within ``2·rel_gap`` of the bound (token rounding may add a little).
-    ``message`` says why the solver stopped (the status prefixes it when optimal)."""
-    analytic = lower_bound_us(prob.topology, prob.loads, prob.windows_us, prob.params)
-    bounds = np.maximum(bounds, analytic)
+    ``message`` says why the solver stopped (replaced by the status when optimal). The analytic
+    bound is not taken here (it costs a sort of the loads): :attr:`Plan.bound_us` takes it lazily."""
     mk = np.array([p.makespan_us for p in parts])
     optimal = all(proven) and bool(np.all(mk <= bounds * (1 + 2 * rel_gap) + 1e-9))
     status = "optimal" if optimal else "feasible"
@@ -104,9 +123,20 @@ def finish(prob: Problem, parts: list[LayerParts], bounds: np.ndarray, proven: l
 
 def model_size(prob: Problem, lay: int, copies: bool = True) -> int:
     """Columns the layer's MILP (or, ``copies=False``, its token LP on the native placement) would
-    have, without building it."""
-    fixed = None if copies else prob.topology.native
-    return model_columns(prob.loads[lay], prob.topology, prob.windows_us, prob.params, fixed)
+    have, without building it (remembered per problem: it costs ~2 ms at 256x32)."""
+    key = ("columns", lay, copies)
+    if key not in prob.memo:
+        fixed = None if copies else prob.topology.native
+        prob.memo[key] = model_columns(prob.loads[lay], prob.topology, prob.windows_us, prob.params, fixed)
+    return prob.memo[key]
+
+
+def too_short_for_lp(prob: Problem) -> bool:
+    """Whether the time left cannot hold even the smallest token LP of one layer (at least 4
+    columns per active expert; :data:`SECONDS_PER_COLUMN`) — then the optimizers return greedy's
+    plan at once."""
+    active = int(np.count_nonzero(prob.loads[0].sum(axis=0)))
+    return remaining(prob.deadline) < SECONDS_PER_COLUMN * (4 * active + 2)
 
 
 # Measured on a 2-core CI-class machine (bench/budgets.py): HiGHS cannot be interrupted while it

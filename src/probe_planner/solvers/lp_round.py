@@ -13,7 +13,7 @@ from ..problem import Problem
 from ..window import copies_fit_np
 from . import SolverResult
 from .greedy import prepare
-from .layers import LayerParts, finish, model_size, phase_fits, remaining
+from .layers import LayerParts, finish, greedy_fallback, greedy_first, model_size, phase_fits, remaining, too_short_for_lp
 from .lp_backends import solve_highs
 from .milp_model import LayerModel, build_layer_model, copies_active
 from .placement_search import improve_placement
@@ -112,7 +112,10 @@ def lp_round_layer(prob: Problem, lay: int, parts: list[LayerParts], time_s: flo
 def solve_lp_round(prob: Problem) -> SolverResult:
     """LP relaxation (its value is a lower bound), placement rounded in three orders with a
     slot/window repair, exact token LP on each rounded placement and on greedy's; the best plan."""
-    parts, notes = polished_start(prob)  # on 256x32 Zipf layers better than any rounding (1.476 vs 1.520)
+    first = greedy_first(prob)
+    if too_short_for_lp(prob):
+        return greedy_fallback(first, "lp-round")
+    parts, notes = polished_start(prob, first)  # on 256x32 Zipf layers better than any rounding (1.476 vs 1.520)
     L = len(parts)
     bounds = np.full(L, -math.inf)
     for lay in range(L):

@@ -12,7 +12,7 @@ from ..problem import Problem
 from . import SolverResult
 from .decode import parts_from_solution, warm_start
 from .greedy import prepare
-from .layers import OVERRUN_PER_COLUMN, LayerParts, finish, model_size, phase_fits, remaining
+from .layers import OVERRUN_PER_COLUMN, LayerParts, finish, greedy_fallback, greedy_first, model_size, phase_fits, remaining, too_short_for_lp
 from .lp_backends import BACKENDS, backend_cost, get_backend
 from .milp_model import build_layer_model
 from .registry import Option, register
@@ -69,7 +69,10 @@ def solve_milp(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
     """Exact MILP per layer, started from greedy's plan with its token split polished by the token
     LP (the incumbent and cutoff); returns the incumbent, bound and gap.
     ``backend``: ``"highs"`` or ``"ortools"``; ``mip_rel_gap``: relative gap that counts as optimal."""
-    parts, notes = polished_start(prob)
+    first = greedy_first(prob)
+    if too_short_for_lp(prob):
+        return greedy_fallback(first, "milp")
+    parts, notes = polished_start(prob, first)
     bounds, proven, short = milp_layers(prob, parts, backend, mip_rel_gap)
     L = len(parts)
     if short:

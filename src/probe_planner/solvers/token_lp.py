@@ -12,9 +12,21 @@ from ..problem import Problem
 from . import SolverResult
 from .decode import drop_unused, model_routes
 from .greedy import prepare, run_kernel
-from .layers import LayerParts, finish, greedy_start, layer_makespan, phase_fits, remaining, split_layers
+from .layers import (
+    LayerParts,
+    finish,
+    greedy_fallback,
+    greedy_first,
+    greedy_start,
+    layer_makespan,
+    model_size,
+    phase_fits,
+    remaining,
+    split_layers,
+    too_short_for_lp,
+)
 from .lp_backends import ModelSolution, solve_highs
-from .milp_model import build_layer_model, model_columns
+from .milp_model import build_layer_model
 from .registry import Option, register
 
 
@@ -23,7 +35,8 @@ def token_lp(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> tuple
     (a ``perf_counter`` time), else ``(None, None)`` without starting when the LP cannot fit."""
     hosts = prob.topology.native.copy()
     hosts[replicas[:, 2], replicas[:, 0]] = True
-    if not phase_fits(prob, remaining(end), model_columns(prob.loads[lay], prob.topology, prob.windows_us, prob.params, hosts)):
+    # the native placement's token LP plus ~4 columns a replica: close enough to gate on, and cheap
+    if not phase_fits(prob, remaining(end), model_size(prob, lay, copies=False) + 4 * replicas.shape[0]):
         return None, None
     m = build_layer_model(prob.loads[lay], prob.topology, prob.windows_us, prob.params, fixed_hosts=hosts)
     sol = solve_highs(m, remaining(end), relax=True, deadline=end)
@@ -53,11 +66,11 @@ def polished_placement(prob: Problem, lay: int, replicas: np.ndarray, end: float
     return fewer if fewer is not None and fewer.makespan_us < cand.makespan_us else cand
 
 
-def polished_start(prob: Problem) -> tuple[list[LayerParts], list[str]]:
-    """:func:`greedy_start`, each layer's token split polished exactly (:func:`polished_placement`) where
-    the layer's share of the budget allows: a few ms, often 5-10% better. Also notes on what the
-    time left out, for the plan's message."""
-    parts, first = greedy_start(prob)
+def polished_start(prob: Problem, first: SolverResult) -> tuple[list[LayerParts], list[str]]:
+    """:func:`greedy_start` from greedy's plan ``first``, each layer's token split polished exactly
+    (:func:`polished_placement`) where the layer's share of the budget allows: a few ms, often
+    5-10% better. Also notes on what the time left out, for the plan's message."""
+    parts = greedy_start(prob, first)
     notes = [] if first.info["finished"] else ["time limit inside greedy: returned greedy's partial plan"]
     L = len(parts)
     polished = 0
@@ -74,7 +87,12 @@ def polished_start(prob: Problem) -> tuple[list[LayerParts], list[str]]:
 @register("lp-tokens", Option("base", "choice", "static", choices=("static", "greedy")), prepare=prepare)
 def solve_lp_tokens(prob: Problem, base: str = "static") -> SolverResult:
     """Token-assignment LP on the placement of ``base`` (``static`` or ``greedy``)."""
-    parts = split_layers(prob, run_kernel(prob, 0)) if base == "static" else greedy_start(prob)[0]
+    first = run_kernel(prob, 0) if base == "static" else greedy_first(prob)
+    if too_short_for_lp(prob):
+        return greedy_fallback(first, "lp-tokens") if base == "greedy" else \
+            SolverResult(first.replicas, first.route_idx, first.route_tok,
+                         dict(first.info, message="budget too short for the token LP: the static plan"))
+    parts = split_layers(prob, first) if base == "static" else greedy_start(prob, first)
     L = len(parts)
     solved = 0
     for lay in range(L):
