@@ -13,7 +13,6 @@ import argparse
 import time
 
 from greedy_speed import topology, zipf_loads
-
 from probe_planner import Budget, solve
 
 

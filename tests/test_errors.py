@@ -12,19 +12,23 @@ from probe_planner import (
     LoadsError,
     ModelShape,
     Plan,
+    PlanFileError,
     PlanInvalidError,
     PlannerError,
     SolverError,
     Topology,
     TopologyError,
+    TraceError,
     solve,
 )
+from probe_planner.errors import OutputError
 
 from .conftest import make_topology
 
 
 def test_hierarchy():
-    for cls in (LoadsError, TopologyError, BudgetError, CardError, SolverError, PlanInvalidError):
+    for cls in (LoadsError, TopologyError, BudgetError, CardError, SolverError, PlanInvalidError, PlanFileError,
+                TraceError, OutputError):
         assert issubclass(cls, PlannerError) and issubclass(cls, ValueError)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,27 +12,65 @@ import numpy as np
 
 from .api import solve
 from .budget import Budget
-from .errors import LoadsError, PlannerError, SolverError
+from .errors import LoadsError, OutputError, PlannerError, SolverError
 from .plan import Plan
 from .plan_io import save_plan
 from .solvers import solver_names
 from .topology import Topology
 
 
-def read_loads(path: str | Path) -> np.ndarray:
-    """Loads from ``.npy`` or ``.json`` (a nested list, or an object with a ``loads`` key)."""
+def read_loads(path: str | Path) -> np.ndarray | list:
+    """Loads from ``.npy`` or ``.json`` (a nested list, or an object with a ``loads`` key), as stored.
+
+    File problems (missing, not a regular file, wrong suffix, empty or corrupt ``.npy``, not UTF-8,
+    not JSON, no ``loads`` key) raise :class:`LoadsError`; the values themselves are checked by
+    ``solve()`` (``canonical_loads``), once.
+    """
     path = Path(path)
-    if not path.is_file():
+    if path.suffix not in (".npy", ".json"):
+        raise LoadsError(f"loads file {str(path)!r}: suffix must be .npy or .json")
+    if not path.exists():
         raise LoadsError(f"loads file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise LoadsError(f"loads file {str(path)!r} is not a regular file")
     try:
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if path.suffix == ".json":
-            doc = json.loads(path.read_text())
-            return np.asarray(doc["loads"] if isinstance(doc, dict) else doc, dtype=np.float64)
-    except (ValueError, KeyError, TypeError, OSError) as exc:
-        raise LoadsError(f"cannot read loads from {str(path)!r}: {exc}") from exc
-    raise LoadsError(f"loads file {str(path)!r}: suffix must be .npy or .json")
+            doc = np.load(path, allow_pickle=False)
+        else:
+            doc = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LoadsError(f"loads file {str(path)!r} is not UTF-8 text: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise LoadsError(f"loads file {str(path)!r} is not valid JSON: {exc}") from exc
+    except EOFError as exc:
+        raise LoadsError(f"loads file {str(path)!r} is empty or truncated: {exc}") from exc
+    except (ValueError, TypeError, OSError, MemoryError, RecursionError) as exc:
+        raise LoadsError(f"cannot read loads from {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    if path.suffix == ".npy":
+        if not isinstance(doc, np.ndarray):  # np.load reads a zip (.npz) whatever the suffix
+            doc.close()
+            raise LoadsError(f"loads file {str(path)!r} is not a .npy array (it holds {type(doc).__name__})")
+        return doc
+    if isinstance(doc, dict):
+        if "loads" not in doc:
+            raise LoadsError(f"loads file {str(path)!r}: a JSON object needs a 'loads' key, got keys {sorted(doc)[:8]}")
+        doc = doc["loads"]
+    return doc
+
+
+def check_output(path: str | Path) -> Path:
+    """``--out``: a ``.json`` or ``.npz`` path in an existing, writable directory (checked before solving)."""
+    path = Path(path)
+    if path.suffix not in (".json", ".npz"):
+        raise OutputError(f"output file {str(path)!r}: suffix must be .json or .npz")
+    if path.is_dir():
+        raise OutputError(f"output file {str(path)!r} is a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        raise OutputError(f"output directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output directory {str(parent)!r} is not writable")
+    return path
 
 
 def report(baseline: Plan, plans: list[Plan]) -> str:
@@ -49,35 +88,60 @@ def report(baseline: Plan, plans: list[Plan]) -> str:
     return "\n".join(lines)
 
 
+# solve()'s own parameters: not solver options (--sources and --solver set them).
+_RESERVED_OPTIONS = ("loads", "topology", "budget", "solver", "sources")
+
+
 def parse_options(items: list[str]) -> dict:
-    """``KEY=VALUE`` solver options; values are read as JSON where they parse (numbers, true/false)."""
+    """``KEY=VALUE`` solver options; values are read as JSON where they parse (numbers, true/false).
+
+    A malformed item, a key given twice or one of solve()'s own parameters raises :class:`SolverError`;
+    the values are checked by the solver.
+    """
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SolverError(f"solver option {item!r} is not KEY=VALUE")
+        if key in options:
+            raise SolverError(f"solver option {key!r} given twice")
+        if key in _RESERVED_OPTIONS:
+            raise SolverError(f"{key!r} is not a solver option (solve() parameters: {', '.join(_RESERVED_OPTIONS)})")
         try:
             options[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             options[key] = value
     return options
 
 
+def _solve(loads, topo: Topology, budget: Budget, solver: str, sources, options: dict) -> Plan:
+    try:
+        return solve(loads, topo, budget, solver=solver, sources=sources, **options)
+    except (OverflowError, MemoryError) as exc:  # e.g. an option too large for the solver's arrays
+        raise SolverError(f"solver {solver!r} failed: {type(exc).__name__}: {str(exc) or 'out of memory'} "
+                          f"(check the solver options {options})") from exc
+
+
 def _cmd_solve(args: argparse.Namespace) -> int:
+    options = parse_options(args.option)
+    if args.backend:
+        if "backend" in options:
+            raise SolverError("give the MILP backend once: --backend or --option backend=..., not both")
+        options["backend"] = args.backend
+    out = check_output(args.out) if args.out is not None else None
     topo = Topology.from_cards(model=args.model, cluster=args.cluster)
     budget = Budget(window_us=args.window_us, time_limit_s=args.time_limit_s)
     loads = read_loads(args.loads)
-    baseline = solve(loads, topo, budget, solver="static", sources=args.sources)
-    options = parse_options(args.option)
-    if args.backend:
-        options["backend"] = args.backend
-    plan = baseline if args.solver == "static" else solve(loads, topo, budget, solver=args.solver, sources=args.sources,
-                                                          **options)
+    baseline = _solve(loads, topo, budget, "static", args.sources, {})
+    plan = baseline if args.solver == "static" else _solve(loads, topo, budget, args.solver, args.sources, options)
     print(f"{topo.model.name} on {topo.name} ({topo.num_ranks} ranks, {topo.slots} slots each), "
           f"window {args.window_us:g} us, {plan.num_layers} layer(s)")
     print(baseline.summary() if plan is baseline else report(baseline, [plan]))
-    if args.out:
-        print(f"plan written to {save_plan(plan, args.out)}")
+    if out is not None:
+        try:
+            print(f"plan written to {save_plan(plan, out)}")
+        except OSError as exc:
+            raise OutputError(f"cannot write the plan to {str(out)!r}: {exc}") from exc
     return 0
 
 
@@ -97,8 +161,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _UsageError(Exception):
+    """A command line argparse rejects (reported like every other bad input: one line, exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="probe-plan", description="Hardware-aware balance planning for MoE expert parallelism.")
+    ap = _Parser(prog="probe-plan", description="Hardware-aware balance planning for MoE expert parallelism.")
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("solve", help="plan replicas and routing for a load file")
     s.add_argument("loads", help="loads as .npy or .json: [E], [G, E] or [layers, G, E] tokens")
@@ -120,11 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``probe-plan``; every bad input (a :class:`PlannerError`, or a command line argparse
+    rejects) prints one line ``probe-plan: error: ...`` to stderr and returns 2, never a traceback."""
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except PlannerError as exc:
-        print(f"probe-plan: error: {exc}", file=sys.stderr)
+    except (PlannerError, _UsageError) as exc:
+        message = " ".join(str(exc).splitlines())
+        print(f"probe-plan: error: {message}", file=sys.stderr)
         return 2
 
 

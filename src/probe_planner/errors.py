@@ -39,5 +39,9 @@ class PlanFileError(PlannerError):
     """A saved plan file is corrupt, truncated, or does not match what it claims to hold."""
 
 
+class OutputError(PlannerError):
+    """An output path cannot be written (missing or unwritable directory, bad suffix)."""
+
+
 class TraceError(PlannerError):
     """A routing trace is missing or does not have the expected layout."""
