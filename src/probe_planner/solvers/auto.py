@@ -12,7 +12,7 @@ from ..problem import Problem
 from . import SolverResult
 from .greedy import prepare
 from .layers import finish, greedy_fallback, greedy_first, model_size, remaining, too_short_for_lp
-from .lp_round import lp_round_layer
+from .lp_round import lp_round_layer, lp_seconds
 from .milp import MILP_OPTIONS, milp_layers
 from .registry import register
 from .token_lp import polished_start
@@ -36,7 +36,7 @@ def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
     searched = set()
     for lay in range(L):  # LP rounding where it takes a small part of the layer's share
         left = remaining(prob.deadline) / (L - lay)
-        lp_s = _lp_seconds(model_size(prob, lay))
+        lp_s = lp_seconds(model_size(prob, lay))
         if lp_s <= _LP_SHARE * left and left < _LP_BEFORE_S:
             # the MILP after the search needs twice its root LP's time, else the search takes it all
             milp_fits = 0.85 * (1 - _SEARCH_SHARE) * left >= 2 * lp_s
@@ -64,11 +64,3 @@ _LP_BEFORE_S = 1.2
 # (0.9 when what is left cannot hold the MILP's root LP twice: HiGHS given 0.32 s for a 128x8 MILP
 # returned after 0.43 s); copies the LP gave less than _SEARCH_MIN_Z are not candidates.
 _SEARCH_SHARE = 0.6
-
-
-def _lp_seconds(columns: int) -> float:
-    """Expected time of a layer's LP rounding (LP relaxation and its roundings), measured on a
-    2-core CI-class machine: 64x8 Zipf (2.5k columns) 65-90 ms, 128x8 (5k columns) 0.2-0.4 s —
-    superlinear."""
-    return 3e-5 * columns * max(1.0, columns / 2500.0)
-

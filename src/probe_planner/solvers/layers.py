@@ -8,6 +8,7 @@ better; every layer's plan is re-scored with the one cost model (:func:`probe_pl
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -133,16 +134,17 @@ def model_size(prob: Problem, lay: int, copies: bool = True) -> int:
 
 def too_short_for_lp(prob: Problem) -> bool:
     """Whether the time left cannot hold even the smallest token LP of one layer (at least 4
-    columns per active expert; :data:`SECONDS_PER_COLUMN`) — then the optimizers return greedy's
-    plan at once."""
+    columns per active expert; :func:`phase_fits`) — then the optimizers return greedy's plan at once."""
     active = int(np.count_nonzero(prob.loads[0].sum(axis=0)))
-    return remaining(prob.deadline) < SECONDS_PER_COLUMN * (4 * active + 2)
+    return not phase_fits(prob, math.inf, 4 * active + 2)
 
 
 # Measured on a 2-core CI-class machine (bench/budgets.py): HiGHS cannot be interrupted while it
 # sets up and presolves, and even a token LP stopped at once costs 2-3 us per column (5k columns:
-# 10 ms, 23k: 35-60 ms) plus 0.3-1.5 us per column of building; a phase with less than 10 us per
-# column left is skipped rather than allowed to overrun the budget.
+# 10 ms, 23k: 35-60 ms) plus 0.3-1.5 us per column of building; a whole token LP (build, solve,
+# decode, score) takes 16-33 ms at 258-514 columns and 60 ms at 4.8k. A phase with less than
+# PHASE_FIXED_S plus 10 us per column left is skipped rather than allowed to overrun the budget.
+PHASE_FIXED_S = 0.02
 SECONDS_PER_COLUMN = 1e-5
 # HiGHS's MIP returns ~15% after its time limit plus ~2.5 us per column.
 OVERRUN_PER_COLUMN = 2.5e-6
@@ -151,4 +153,4 @@ OVERRUN_PER_COLUMN = 2.5e-6
 def phase_fits(prob: Problem, seconds: float, columns: int) -> bool:
     """Whether a HiGHS phase on a model of ``columns`` columns, given ``seconds``, can run and
     return before the deadline (``seconds`` must also not exceed the time left)."""
-    return min(seconds, remaining(prob.deadline)) >= SECONDS_PER_COLUMN * columns
+    return min(seconds, remaining(prob.deadline)) >= PHASE_FIXED_S + SECONDS_PER_COLUMN * columns
