@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from probe_planner import Budget, solve
@@ -143,9 +143,11 @@ def test_tiny_budget_still_valid(solver):
     pop = 1 / np.arange(1, 129) ** 1.0
     loads = rng.poisson(pop / pop.mean() * 40, size=(4, 16, 128)).astype(float)
     plan = solve(loads, topo, Budget(window_us=200.0, time_limit_s=1e-4), solver=solver)
-    plan.validate()
-    assert plan.status in ("feasible", "heuristic", "optimal")
-    assert plan.solve_time_s < 5.0
+    greedy = solve(loads, topo, Budget(window_us=200.0, time_limit_s=1e-4), solver="greedy")
+    assert plan.status == "heuristic" and "budget too short" in plan.message  # and it says so
+    assert plan.solve_time_s < 1e-4 * 1.1 + 1e-3
+    if solver != "lp-tokens":  # lp-tokens starts from the static placement by default
+        assert plan.makespan_us == greedy.makespan_us
 
 
 def test_unknown_backend():
@@ -177,8 +179,7 @@ def test_milp_mid_size_both_backends_prove_the_same_optimum(nodes, rpn, epr):
 @given(problems(max_nodes=3, max_rpn=2, max_layers=1, fractional=False, max_epr=2), st.booleans())
 def test_multinode_node_form_is_exact(case, fixed):
     loads, topo, budget = case
-    if topo.num_nodes == 1:
-        return
+    assume(topo.num_nodes > 1)
     prob = Problem.build(loads, topo, budget)
     hosts = None
     if fixed:

@@ -329,7 +329,8 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
     """Plan every layer of ``loads [L, G, E]``.
 
     Returns ``(replicas [R, 4] (layer, expert, src, dst), route_idx [N, 4] (layer, src, expert, dst),
-    route_tok [N], moves [L], finished)`` with routes listed for split experts only;
+    route_tok [N], moves [L], layer_mk [L] (the kernel's own makespan of each layer, which must equal
+    the cost model's), finished)`` with routes listed for split experts only;
     ``finished`` is False when the deadline cut the search short (every layer still gets a valid
     plan: unsearched layers keep the baseline placement).
     """
@@ -400,6 +401,7 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
     rtok = np.empty(cap)
     n_route = 0
     moves = np.zeros(n_layers, np.int64)
+    layer_mk = np.zeros(n_layers)  # the kernel's own score of each layer's plan
     finished = True
     work = 0
 
@@ -545,6 +547,7 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
             if work % 4 == 1 and _now() > deadline:
                 finished = False
                 break
+        layer_mk[lay] = score(comp, ct)[0]
         # emit the routes of split experts (local tokens first, then the remote mapping); a
         # single-host expert's routes are implied (probe_planner.routes)
         for e in range(e_all):
@@ -571,4 +574,4 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
         for i in range(rep_start, n_rep):  # back to the baseline placement for the next layer
             is_host[rep[i, 1], rep[i, 3]] = False
         rank_cnt[:] = rank_cnt_nat
-    return rep[:n_rep], ridx[:n_route], rtok[:n_route], moves, finished
+    return rep[:n_rep], ridx[:n_route], rtok[:n_route], moves, layer_mk, finished

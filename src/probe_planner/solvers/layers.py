@@ -115,10 +115,12 @@ def finish(prob: Problem, parts: list[LayerParts], bounds: np.ndarray, proven: l
     optimal = all(proven) and bool(np.all(mk <= bounds * (1 + 2 * rel_gap) + 1e-9))
     status = "optimal" if optimal else "feasible"
     total_mk, total_b = float(mk.sum()), float(bounds.sum())
+    gap = 0.0 if total_mk <= 0 else max(0.0, (total_mk - total_b) / total_mk)
     if optimal:
         message = f"optimal within mip_rel_gap={rel_gap:g}"
-    info = dict(extra, status=status, bound_us=total_b, layer_bound_us=bounds, message=message,
-                gap=0.0 if total_mk <= 0 else max(0.0, (total_mk - total_b) / total_mk))
+    elif not message:
+        message = f"feasible: {gap:.2%} above the best bound"
+    info = dict(extra, status=status, bound_us=total_b, layer_bound_us=bounds, message=message, gap=gap)
     return join_layers(prob, parts, info)
 
 
