@@ -33,6 +33,8 @@ from .greedy_state import (
     copy_source,
     map_remote,
     move,
+    new_scratch,
+    new_state,
     rehost,
     revert,
     score,
@@ -208,13 +210,13 @@ def _search(mk, sq_all, sq_bar, deep, g, e_all, n_exp, n_dest, slots, integral, 
     none beats ``mk`` (or ties it with a sum of squares below ``sq_bar``; ``sq_all`` is the current
     state's). ``deep``: the candidates of :func:`_stuck_candidates` instead of :func:`_candidates`.
     The state is left as it was found."""
-    comp, ct = st[0], st[2]
+    comp, ct = st.comp, st.ct
     if deep:
         n_cand = _stuck_candidates(g, e_all, n_exp, slots, n, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, used,
-                                   copies, win, node_of, p, comp, ct, sc[8], cand_e, cand_d)
+                                   copies, win, node_of, p, comp, ct, sc.oldt, cand_e, cand_d)
     else:
         n_cand = _candidates(3, g, e_all, n_exp, slots, n, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, used, comp,
-                             ct, sc[8], cand_e, cand_d)
+                             ct, sc.oldt, cand_e, cand_d)
     best_mk = mk
     best_sq = sq_bar
     best_e = -1
@@ -255,10 +257,10 @@ def _lookahead(mk, g, n_exp, n_dest, slots, integral, n, total, is_host, hosts, 
     the copy look useless (e.g. a hot expert's second host kept the share it took while the source
     was busier). Keeps the first combination that lowers the makespan ``mk`` and returns
     ``(expert, dst, src)``; expert -1 and the state unchanged when none does."""
-    comp, ct = st[0], st[2]
+    comp, ct = st.comp, st.ct
     # the heaviest experts on the compute bottleneck, the most received on the link one
     n_cand = _candidates(2, g, n.shape[1], n_exp, slots, n, is_host, hosts, nh, nat_cnt, xh, rank_exp, rank_cnt, used, comp,
-                         ct, sc[8], cand_e, cand_d)
+                         ct, sc.oldt, cand_e, cand_d)
     for c in range(n_cand):
         e = cand_e[c]
         nd = cheapest_dests(e, g, is_host, used, slots, nat_cnt, hosts, node_of, copies, win, p, comp, ct, n_dest, dest,
@@ -366,12 +368,10 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
     xh = np.zeros((e_all, g))
     total = np.zeros(e_all)
     ntot = np.zeros((n_nodes, e_all))
-    st = (np.zeros(g), np.zeros((g, 4)), np.zeros(g), np.zeros(n_nodes), np.zeros(n_nodes))
-    sc = (np.zeros(g, np.int64), np.zeros(n_nodes, np.bool_), np.zeros(g, np.int64), np.zeros((g, 4)), np.zeros((g, 4)),
-          np.zeros(g), np.zeros((g, 4)), np.zeros(g), np.zeros(g), np.zeros(g), np.zeros(g), np.zeros(g), np.zeros(g),
-          np.zeros(g), np.zeros(g, np.int64), np.zeros(g, np.int64))
-    comp = st[0]
-    ct = st[2]
+    st = new_state(g, n_nodes)
+    sc = new_scratch(g, n_nodes)
+    comp = st.comp
+    ct = st.ct
     copies = np.zeros((g, 4))
     used = np.zeros(g, np.int64)
     rem = np.zeros(g)
@@ -383,8 +383,8 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
     cand_d = np.zeros(3 * n_exp, np.int64)  # -1: try the cheapest eligible ranks
     dest = np.zeros(n_dest, np.int64)
     dest_cost = np.zeros(n_dest)
-    snap = (np.zeros(g), np.zeros((g, 4)), np.zeros(g), np.zeros(n_nodes), np.zeros(n_nodes))
-    snap2 = (np.zeros(g), np.zeros((g, 4)), np.zeros(g), np.zeros(n_nodes), np.zeros(n_nodes))
+    snap = new_state(g, n_nodes)  # saved states of tentative multi-move changes (lookahead, swaps)
+    snap2 = new_state(g, n_nodes)
     n_sv = min(e_all, g * min(slots, e_all) + e_all) + 1
     sv_e = np.zeros(n_sv, np.int64)
     sv_h = np.zeros((n_sv, g), np.int64)

@@ -1,9 +1,8 @@
 """The greedy kernel's layer state and the moves on it (numba, ``_nrt=False``).
 
 State (flat arrays): ``hosts[e, :nh[e]]`` the ranks holding ``e`` (natives first), ``xh[e, i]``
-tokens ``hosts[e, i]`` processes; per rank ``comp`` (µs), ``vol`` (in intra, in inter, out intra,
-out inter tokens), ``ct`` (link µs); per node the maxima of ``comp`` and ``ct`` — ``st`` bundles
-those five, ``sc`` the scratch arrays. A move re-splits one expert's tokens over its hosts
+tokens ``hosts[e, i]`` processes; per rank and node the :class:`RankState` ``st``; the scratch
+arrays of a tentative move in the :class:`Scratch` ``sc``. A move re-splits one expert's tokens over its hosts
 (:func:`waterfill`) and re-scores only the ranks on those hosts' nodes (:func:`rehost`): under the
 routing rule (:func:`map_remote`) every other source sends that expert's tokens across nodes
 whatever the split, so the other nodes enter through their maxima. :func:`revert` undoes a tentative
@@ -13,6 +12,8 @@ array arguments makes each call ~8x cheaper.
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numba as nb
 import numpy as np
 
@@ -20,6 +21,33 @@ from ..cost import ALPHA, BETA, COPY_INTER, COPY_INTRA, TOK_INTER, TOK_INTRA, ex
 from ..window import copies_fit
 
 TOL = 1e-9  # relative tolerance of every comparison of times
+
+# Per-rank state of a layer's plan (numba takes named tuples of arrays): comp [G] compute µs,
+# vol [G, 4] tokens in intra / in inter / out intra / out inter, ct [G] link µs, node_mc / node_mm
+# [nodes] the maxima of comp / ct per node.
+RankState = namedtuple("RankState", ["comp", "vol", "ct", "node_mc", "node_mm"])
+# Scratch of one tentative move (:func:`rehost`), all [G] unless noted: nodes touched ([nodes] int)
+# and their flags ([nodes] bool), touched ranks (int), one expert's traffic before and after (cvo,
+# cvn [G, 4]), the touched ranks' new comp / vol [G, 4] / ct (nc, nv, nct), an expert's old time per
+# host (oldt; between moves the candidate search borrows it as ``send``), water-fill levels and keys
+# (base, key), the expert's saved split and hosts (saved_x; saved_h int), per-node supply and what is
+# left of it (supply, left), and the water-fill's sort order (order, int).
+Scratch = namedtuple("Scratch", ["nodes", "nflag", "aff", "cvo", "cvn", "nc", "nv", "nct", "oldt", "base", "key",
+                                 "saved_x", "supply", "left", "order", "saved_h"])
+
+
+@nb.njit(cache=True)
+def new_state(g, n_nodes):
+    """A zeroed :class:`RankState` for ``g`` ranks on ``n_nodes`` nodes."""
+    return RankState(np.zeros(g), np.zeros((g, 4)), np.zeros(g), np.zeros(n_nodes), np.zeros(n_nodes))
+
+
+@nb.njit(cache=True)
+def new_scratch(g, n_nodes):
+    """A :class:`Scratch` for ``g`` ranks on ``n_nodes`` nodes."""
+    return Scratch(np.zeros(n_nodes, np.int64), np.zeros(n_nodes, np.bool_), np.zeros(g, np.int64), np.zeros((g, 4)),
+                   np.zeros((g, 4)), np.zeros(g), np.zeros((g, 4)), np.zeros(g), np.zeros(g), np.zeros(g), np.zeros(g),
+                   np.zeros(g), np.zeros(n_nodes), np.zeros(n_nodes), np.zeros(g, np.int64), np.zeros(g, np.int64))
 
 # Extra entries the kernel appends to the cost vector: the weight of a rank's link time in the
 # water-fill level, and the expected per-token link time of a remote token.
@@ -296,7 +324,7 @@ def rehost(e, d, add, n, total, hosts, nh, is_host, xh, node_of, rpn, p, integra
 @nb.njit(cache=True, _nrt=False)
 def revert(e, d, add, hosts, nh, is_host, xh, sc):
     """Undo the tentative part of :func:`rehost`."""
-    saved_x, saved_h = sc[11], sc[15]
+    saved_x, saved_h = sc.saved_x, sc.saved_h
     for i in range(nh[e]):
         xh[e, i] = saved_x[i]
         hosts[e, i] = saved_h[i]
@@ -308,7 +336,7 @@ def revert(e, d, add, hosts, nh, is_host, xh, sc):
 def commit(e, d, add, nh, rpn, st, sc, na):
     """Keep what :func:`rehost` computed: the touched ranks' new values and their nodes' maxima."""
     comp, vol, ct, node_mc, node_mm = st
-    aff, nc, nv, nct = sc[2], sc[5], sc[6], sc[7]
+    aff, nc, nv, nct = sc.aff, sc.nc, sc.nv, sc.nct
     if d >= 0:
         nh[e] += 1 if add else -1
     for i in range(na):
@@ -323,7 +351,7 @@ def commit(e, d, add, nh, rpn, st, sc, na):
 
 @nb.njit(cache=True, _nrt=False)
 def node_max(nd, rpn, st):
-    comp, ct, node_mc, node_mm = st[0], st[2], st[3], st[4]
+    comp, ct, node_mc, node_mm = st.comp, st.ct, st.node_mc, st.node_mm
     mc = 0.0
     mm = 0.0
     for r in range(nd * rpn, nd * rpn + rpn):
@@ -420,22 +448,22 @@ def move(e, src, d, add, integral, n, total, is_host, hosts, nh, xh, rank_exp, r
 def snapshot(st, snap, to_snap):
     """Copy the ranks' state into ``snap`` (``to_snap``) or back (explicit loops: no NRT here)."""
     a, b = (st, snap) if to_snap else (snap, st)
-    for r in range(a[0].shape[0]):
-        b[0][r] = a[0][r]
-        b[2][r] = a[2][r]
+    for r in range(a.comp.shape[0]):
+        b.comp[r] = a.comp[r]
+        b.ct[r] = a.ct[r]
         for q in range(4):
-            b[1][r, q] = a[1][r, q]
-    for q in range(a[3].shape[0]):
-        b[3][q] = a[3][q]
-        b[4][q] = a[4][q]
+            b.vol[r, q] = a.vol[r, q]
+    for q in range(a.node_mc.shape[0]):
+        b.node_mc[q] = a.node_mc[q]
+        b.node_mm[q] = a.node_mm[q]
 
 
 @nb.njit(cache=True, _nrt=False)
 def baseline(n, sole, sole_node, sole_w, multi, n_multi, node_of, rpn, p, integral, total, ntot, hosts, nh, nat_cnt,
               is_host, xh, st, sc):
     """The layer's state under the baseline placement (no replicas)."""
-    comp, vol, ct = st[0], st[1], st[2]
-    nodes, nflag, cvn, base, key, supply, left, order = sc[0], sc[1], sc[4], sc[9], sc[10], sc[12], sc[13], sc[14]
+    comp, vol, ct = st.comp, st.vol, st.ct
+    nodes, nflag, cvn, base, key, supply, left, order = sc.nodes, sc.nflag, sc.cvn, sc.base, sc.key, sc.supply, sc.left, sc.order
     g, e_all = n.shape
     single_host_pass(n, sole, sole_node, sole_w, node_of, total, ntot, vol)
     for r in range(g):
