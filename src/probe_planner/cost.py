@@ -106,8 +106,9 @@ def single_host_pass(n, sole, sole_node, weight, node_of, total, ntot, vol):
 
 
 @nb.njit(cache=True)
-def _evaluate(loads, route_idx, route_tok, replicas, sole, node_of, p):
-    """Per-(layer, rank) tokens processed, compute, comm and transfer µs; see :func:`evaluate`."""
+def evaluate_arrays(loads, route_idx, route_tok, replicas, sole, node_of, p):
+    """Per-(layer, rank) tokens processed, compute, comm and transfer µs; see :func:`evaluate`. Checks
+    nothing: the arrays must be contiguous float64 / int64 (``evaluate`` makes them so)."""
     num_layers, num_ranks, num_experts = loads.shape
     vol = np.zeros((num_layers, num_ranks, 4))  # in_intra, in_inter, out_intra, out_inter
     processed = np.zeros((num_layers, num_ranks))
@@ -216,7 +217,7 @@ def evaluate(topo: Topology, loads: np.ndarray, route_idx: np.ndarray, route_tok
     (:mod:`probe_planner.routes`).
     """
     p = (params or CostParams.from_topology(topo)).vector()
-    processed, comp, comm, trans = _evaluate(
+    processed, comp, comm, trans = evaluate_arrays(
         np.ascontiguousarray(loads, dtype=np.float64), np.ascontiguousarray(route_idx, dtype=np.int64),
         np.ascontiguousarray(route_tok, dtype=np.float64), np.ascontiguousarray(replicas, dtype=np.int64),
         sole_host(topo.native), topo.node_of, p)

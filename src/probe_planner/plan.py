@@ -15,17 +15,18 @@ and :meth:`Plan.layer` give every route explicitly.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
+from . import plan_check
 from .budget import Budget
 from .cost import CostParams, Metrics, evaluate, lower_bound_us
 from .errors import PlanInvalidError
-from .routes import expand_routes, listed_pairs
+from .routes import expand_routes
 from .topology import Topology
-from .window import copies_fit_np
 
 LAYER, EXPERT, SRC, DST = range(4)  # replica columns
 R_LAYER, R_SRC, R_EXPERT, R_DST = range(4)  # route columns
@@ -52,12 +53,22 @@ class Plan:
     def __init__(self, topology: Topology, budget: Budget, loads: np.ndarray, replicas: np.ndarray,
                  route_idx: np.ndarray, route_tok: np.ndarray, *, solver: str, solve_time_s: float,
                  info: dict | None = None) -> None:
+        """Raises :class:`PlanInvalidError` naming the problem when an array is malformed: loads not a
+        finite, ``>= 0`` ``[L, G, E]`` array matching the topology; replicas not ``[R, 4]`` or
+        route_idx not ``[N, 4]`` whole-number indices; route_tok not ``[N]`` numbers. The invariants
+        between them are :meth:`validate`'s."""
         self.topology = topology
         self.budget = budget
-        self.loads = np.asarray(loads, dtype=np.float64)
-        self.replicas = np.asarray(replicas, dtype=np.int64).reshape(-1, 4)
-        self.route_idx = np.asarray(route_idx, dtype=np.int64).reshape(-1, 4)
-        self.route_tok = np.asarray(route_tok, dtype=np.float64).reshape(-1)
+        self.loads = _loads_array(loads, topology)
+        self.replicas = _index_array(replicas, "replica", "replicas", "(layer, expert, source rank, destination rank)")
+        self.route_idx = _index_array(route_idx, "route", "route_idx", "(layer, source rank, expert, destination rank)")
+        self.route_tok = _token_array(route_tok, self.route_idx.shape[0])
+        plan_check.prepare()
+        bad, integral = plan_check.scan_loads(self.loads)
+        if bad >= 0:
+            at = np.unravel_index(bad, self.loads.shape)
+            raise PlanInvalidError(f"loads[{', '.join(map(str, at))}] = {self.loads[at]} (loads must be finite, >= 0)")
+        self.__dict__["integral"] = bool(integral)  # the cached property, known from the same pass
         self.solver = solver
         self.solve_time_s = float(solve_time_s)
         self.info = dict(info or {})
@@ -118,6 +129,12 @@ class Plan:
         return str(self.info.get("status", "heuristic"))
 
     @property
+    def message(self) -> str:
+        """Why the solver stopped: search complete, optimal, time limit, budget too short for a
+        phase (and what was returned instead), ..."""
+        return str(self.info.get("message", ""))
+
+    @property
     def bound_us(self) -> float:
         """The best lower bound known on the makespan: the solver's (LP/MILP) or the analytic one."""
         return max(float(self.info.get("bound_us", -np.inf)), self.lower_bound_us)
@@ -152,7 +169,15 @@ class Plan:
 
     # ---- validation --------------------------------------------------------------------------
     def validate(self) -> Plan:
-        """Check every invariant; raise :class:`PlanInvalidError` naming the first violation."""
+        """Check every invariant (:mod:`probe_planner.plan_check`, one compiled pass); raise
+        :class:`PlanInvalidError` naming the first violation."""
+        code, a, b, c, d, x, y = self._check_result()
+        if code != plan_check.OK:
+            raise PlanInvalidError(self._violation(code, a, b, c, d, x, y))
+        return self
+
+    def _check_result(self) -> tuple[int, int, int, int, int, float, float]:
+        """:func:`plan_check.check_plan`'s raw answer ``(code, a, b, c, d, x, y)`` for this plan."""
         topo = self.topology
         L, G, E = self.loads.shape
         if (G, E) != (topo.num_ranks, topo.num_experts):
@@ -160,83 +185,161 @@ class Plan:
         rep, ri, rt = self.replicas, self.route_idx, self.route_tok
         if ri.shape[0] != rt.shape[0]:
             raise PlanInvalidError(f"{ri.shape[0]} route entries but {rt.shape[0]} token counts")
-        for name, arr, cols in (("replica", rep, (L, E, G, G)), ("route", ri, (L, G, E, G))):
-            for c, hi in enumerate(cols):
-                bad = np.flatnonzero((arr[:, c] < 0) | (arr[:, c] >= hi))
-                if bad.size:
-                    raise PlanInvalidError(f"{name} {bad[0]} = {arr[bad[0]].tolist()}: column {c} outside [0, {hi})")
-        if not np.isfinite(rt).all() or (rt < 0).any():
-            i = np.flatnonzero(~np.isfinite(rt) | (rt < 0))[0]
-            raise PlanInvalidError(f"route {i} = {ri[i].tolist()} carries {rt[i]} tokens (must be finite, >= 0)")
+        native, n_native, unit_intra, unit_inter = _topology_facts(topo)
+        plan_check.prepare()
+        return plan_check.check_plan(
+            _c(self.loads), _c(rep), _c(ri), _c(rt), native, n_native, topo.ranks_per_node, topo.slots,
+            _windows(self.budget, G), unit_intra, unit_inter, self.integral, _REL_TOL)
 
-        native = topo.native
-        lay, e, s, d = rep.T
-        bad = np.flatnonzero(~native[s, e])
-        if bad.size:
-            raise PlanInvalidError(f"replica {rep[bad[0]].tolist()}: source rank does not natively host the expert")
-        bad = np.flatnonzero(native[d, e])
-        if bad.size:
-            raise PlanInvalidError(f"replica {rep[bad[0]].tolist()}: destination already hosts the expert natively")
-        key = (lay * E + e) * G + d
-        uniq, counts = np.unique(key, return_counts=True)
-        if (counts > 1).any():
-            k = uniq[counts > 1][0]
-            raise PlanInvalidError(f"expert {k // G % E} copied twice to rank {k % G} in layer {k // (G * E)}")
-        per_slot = np.bincount(lay * G + d, minlength=L * G)
-        if (per_slot > topo.slots).any():
-            k = int(np.argmax(per_slot))
-            raise PlanInvalidError(f"rank {k % G} receives {per_slot[k]} replicas in layer {k // G}, slots={topo.slots}")
-        n_hosts = np.broadcast_to(native.sum(axis=0), (L, E)).copy()
-        np.add.at(n_hosts, (lay, e), 1)
-        listed = listed_pairs(ri, L, E)
-        load_le = self.loads.sum(axis=1)  # [L, E]
-        split = ~listed & (n_hosts != 1) & (load_le > 0)
-        if split.any():
-            lo, eo = np.argwhere(split)[0]
-            raise PlanInvalidError(f"layer {lo}, expert {eo}: {n_hosts[lo, eo]} hosts but no routes listed "
-                                   "(only an expert with one host may leave its routes implicit)")
-        win = self.budget.windows(G)
-        node = topo.node_of
-        inter = (node[s] != node[d]).astype(np.int64)
-        counts = np.zeros((L, G, 4))  # copies in intra, in inter, out intra, out inter
-        np.add.at(counts, (lay, d, inter), 1.0)
-        np.add.at(counts, (lay, s, 2 + inter), 1.0)
+    def _violation(self, code: int, a: int, b: int, c: int, d: int, x: float, y: float) -> str:
+        """The message for :func:`plan_check.check_plan`'s answer (the indices' meaning is per code)."""
+        pc = plan_check
+        rep, ri = self.replicas, self.route_idx
+        if code == pc.RANGE_REPLICA:
+            return f"replica {a} = {rep[a].tolist()}: column {b} outside [0, {c})"
+        if code == pc.RANGE_ROUTE:
+            return f"route {a} = {ri[a].tolist()}: column {b} outside [0, {c})"
+        if code == pc.TOKENS:
+            return f"route {a} = {ri[a].tolist()} carries {x} tokens (must be finite, >= 0)"
+        if code == pc.SRC_NOT_NATIVE:
+            return f"replica {rep[a].tolist()}: source rank does not natively host the expert"
+        if code == pc.DST_NATIVE:
+            return f"replica {rep[a].tolist()}: destination already hosts the expert natively"
+        if code == pc.COPIED_TWICE:
+            return f"expert {b} copied twice to rank {c} in layer {a}"
+        if code == pc.SLOTS:
+            return f"rank {b} receives {c} replicas in layer {a}, slots={self.topology.slots}"
+        if code == pc.UNLISTED_SPLIT:
+            return (f"layer {a}, expert {b}: {c} hosts but no routes listed "
+                    "(only an expert with one host may leave its routes implicit)")
+        if code == pc.WINDOW:
+            _, _, unit_intra, unit_inter = _topology_facts(self.topology)
+            win = _windows(self.budget, self.topology.num_ranks)
+            kind = ("receives", "sends")[c // 2] + " " + ("intra-node", "inter-node")[c % 2]
+            return (f"rank {b} in layer {a} {kind} {d} replica copies taking {d * (unit_intra, unit_inter)[c % 2]:.3f} us "
+                    f"> window {win[b]:.3f} us")
+        if code == pc.NOT_HELD:
+            return f"route {ri[a].tolist()} sends tokens to a rank that does not hold the expert"
+        if code == pc.REPEAT:
+            return f"route entries repeat a (layer, source, expert, destination): entries {a} and {b} are both {ri[a].tolist()}"
+        if code == pc.CONSERVATION:
+            return f"layer {a}, source {b}, expert {c}: routes carry {x} tokens, loads say {y}"
+        if code == pc.UNCOVERED:
+            return f"layer {a}, source {b}, expert {c}: routes carry 0 tokens, loads say {y}"
+        if code == pc.FRACTIONAL:
+            return f"loads are integral but route {ri[a].tolist()} carries {x} tokens"
+        raise AssertionError(f"unknown plan_check code {code}")
+
+
+_FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WINDOWS: dict[tuple[float, int], np.ndarray] = {}
+
+
+def _topology_facts(topo: Topology) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """``(native [G, E] C-contiguous, native host count per expert [E], copy_intra_us, copy_inter_us)``,
+    computed once per topology (a frozen object whose ``native`` is read-only)."""
+    try:
+        facts = _FACTS.get(topo)
+    except TypeError:  # not weak-referenceable or hashable: compute every time
+        facts = None
+    if facts is None:
+        native = _c(topo.native)
+        n_native = native.sum(axis=0).astype(np.int64)
+        n_native.setflags(write=False)
         p = CostParams.from_topology(topo)
-        units = np.array([p.copy_intra_us, p.copy_inter_us, p.copy_intra_us, p.copy_inter_us])
-        over = ~copies_fit_np(counts, units, win[None, :, None])
-        if over.any():
-            lo, r, k = np.argwhere(over)[0]
-            kind = ("receives", "sends")[k // 2] + " " + ("intra-node", "inter-node")[k % 2]
-            raise PlanInvalidError(f"rank {r} in layer {lo} {kind} {int(counts[lo, r, k])} replica copies taking "
-                                   f"{counts[lo, r, k] * units[k]:.3f} us > window {win[r]:.3f} us")
+        facts = (native, n_native, p.copy_intra_us, p.copy_inter_us)
+        try:
+            _FACTS[topo] = facts
+        except TypeError:
+            pass
+    return facts
 
-        rl, rs, re_, rd = ri.T
-        held = native[rd, re_] | np.isin((rl * E + re_) * G + rd, key)
-        bad = np.flatnonzero(~held)
-        if bad.size:
-            raise PlanInvalidError(f"route {ri[bad[0]].tolist()} sends tokens to a rank that does not hold the expert")
-        rkey = ((rl * G + rs) * E + re_) * G + rd
-        if np.unique(rkey).size != rkey.size:
-            raise PlanInvalidError("route entries repeat a (layer, source, expert, destination)")
-        # conservation, listed pairs only: each (layer, source, expert) with entries carries its load ...
-        pk, inv = np.unique((rl * G + rs) * E + re_, return_inverse=True)
-        sums = np.bincount(inv.reshape(-1), weights=rt, minlength=pk.size)
-        want = self.loads.reshape(-1)[pk]
-        off = np.flatnonzero(np.abs(sums - want) > _REL_TOL * np.maximum(1.0, want))
-        if off.size:
-            k = pk[off[0]]
-            raise PlanInvalidError(f"layer {k // (G * E)}, source {k // E % G}, expert {k % E}: routes carry "
-                                   f"{sums[off[0]]} tokens, loads say {want[off[0]]}")
-        # ... and no source with tokens for a listed expert is left without entries
-        covered = np.bincount((pk // (G * E)) * E + pk % E, weights=want > 0, minlength=L * E).reshape(L, E)
-        needed = np.count_nonzero(self.loads > 0, axis=1)
-        gap = listed & (covered < needed)
-        if gap.any():
-            lo, eo = np.argwhere(gap)[0]
-            have = set((pk[(pk // (G * E) == lo) & (pk % E == eo)] // E % G).tolist())
-            so = next(s_ for s_ in range(G) if self.loads[lo, s_, eo] > 0 and s_ not in have)
-            raise PlanInvalidError(f"layer {lo}, source {so}, expert {eo}: routes carry 0 tokens, loads say {self.loads[lo, so, eo]}")
-        if self.integral and not np.all(rt == np.floor(rt)):
-            i = np.flatnonzero(rt != np.floor(rt))[0]
-            raise PlanInvalidError(f"loads are integral but route {ri[i].tolist()} carries {rt[i]} tokens")
-        return self
+
+def _windows(budget: Budget, num_ranks: int) -> np.ndarray:
+    """``budget.windows(num_ranks)``, shared (read-only) across calls when the window is one number."""
+    w = budget.window_us
+    if not isinstance(w, float):
+        return budget.windows(num_ranks)
+    key = (w, num_ranks)
+    win = _WINDOWS.get(key)
+    if win is None:
+        if len(_WINDOWS) >= 256:
+            _WINDOWS.clear()
+        win = budget.windows(num_ranks)
+        win.setflags(write=False)
+        _WINDOWS[key] = win
+    return win
+
+
+def _c(arr: np.ndarray) -> np.ndarray:
+    """``arr`` itself when C-contiguous (what the compiled checker takes), else a contiguous copy."""
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+
+
+_F64 = np.dtype(np.float64)
+_I64 = np.dtype(np.int64)
+
+
+def _plain(value, dtype: np.dtype, ndim: int) -> bool:
+    """Whether ``value`` is already what the checker takes (the solvers' output): no work to do."""
+    return type(value) is np.ndarray and value.ndim == ndim and (value.dtype is dtype or value.dtype == dtype) \
+        and value.flags.c_contiguous
+
+
+def _numeric(value, what: str) -> np.ndarray:
+    if isinstance(value, np.ma.MaskedArray):
+        raise PlanInvalidError(f"{what} must be a plain array, not a masked array")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged lists and the like
+        raise PlanInvalidError(f"{what} is not a numeric array: {exc}") from None
+    if arr.dtype.kind not in "iuf":
+        raise PlanInvalidError(f"{what} must hold real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def _loads_array(value, topology: Topology) -> np.ndarray:
+    """``[L, G, E]`` float64 loads (finite and ``>= 0`` is checked by the caller's compiled scan)."""
+    plain = _plain(value, _F64, 3)
+    arr = value if plain else _numeric(value, "loads")
+    g, e = topology.num_ranks, topology.num_experts
+    if arr.ndim != 3 or arr.shape[1] != g or arr.shape[2] != e:
+        raise PlanInvalidError(f"loads have shape {list(arr.shape)}, expected [L, G={g}, E={e}] for the topology")
+    return arr if plain else np.ascontiguousarray(arr, dtype=np.float64)
+
+
+_INDEX_LIMIT = 2.0 ** 53  # floats beyond it are not exact integers
+
+
+def _index_array(value, row: str, what: str, columns: str) -> np.ndarray:
+    """``[N, 4]`` int64 indices; floats are accepted only when they are whole numbers."""
+    if _plain(value, _I64, 2) and value.shape[1] == 4:
+        return value
+    arr = _numeric(value, what)
+    if arr.size == 0 and (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[0] == 0)):
+        return np.zeros((0, 4), dtype=np.int64)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise PlanInvalidError(f"{what} have shape {list(arr.shape)}, expected [N, 4] {columns}")
+    if arr.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(arr) & (arr == np.floor(arr)) & (np.abs(arr) <= _INDEX_LIMIT)
+        if not whole.all():
+            i, c = np.argwhere(~whole)[0]
+            raise PlanInvalidError(f"{row} {i} = {arr[i].tolist()}: column {c} holds {float(arr[i, c])!r}, not a whole-number index")
+    elif arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        i, c = np.argwhere(arr > np.iinfo(np.int64).max)[0]
+        raise PlanInvalidError(f"{row} {i} = {arr[i].tolist()}: column {c} outside the int64 range")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _token_array(value, num_routes: int) -> np.ndarray:
+    """``[N]`` float64 route tokens (finite and ``>= 0`` is :meth:`Plan.validate`'s check)."""
+    plain = _plain(value, _F64, 1)
+    arr = value if plain else _numeric(value, "route_tok")
+    if arr.size == 0 and arr.ndim <= 2:
+        arr = arr.reshape(0)
+    if arr.ndim != 1:
+        raise PlanInvalidError(f"route_tok has shape {list(arr.shape)}, expected [N] (tokens per route entry)")
+    if arr.shape[0] != num_routes:
+        raise PlanInvalidError(f"{num_routes} route entries but {arr.shape[0]} token counts")
+    return arr if plain else np.ascontiguousarray(arr, dtype=np.float64)

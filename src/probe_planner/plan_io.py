@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .budget import Budget
-from .errors import PlanFileError, PlannerError
+from .errors import PlanFileError, PlanInvalidError, PlannerError
 from .plan import Plan
 from .topology import Topology
 
@@ -42,15 +42,37 @@ def save_plan(plan: Plan, path: str | Path) -> Path:
 
 
 def _array(value, dtype, name: str, shape_tail: tuple[int, ...] | None = None) -> np.ndarray:
+    """Field ``name`` as a ``dtype`` array (``[N, *shape_tail]`` when given); PlanFileError unless it
+    is numeric and, for an integer field, holds whole numbers only (``1.5`` is refused, never
+    truncated). Loads are checked by :func:`_loads`, route tokens by the plan check."""
     try:
-        arr = np.asarray(value, dtype=dtype)
-    except (TypeError, ValueError) as exc:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged lists
         raise PlanFileError(f"field {name!r} is not a numeric array: {exc}") from exc
+    if arr.dtype.kind not in "iuf":
+        raise PlanFileError(f"field {name!r} is not a numeric array (it holds {arr.dtype} values)")
     if shape_tail is not None:
         if arr.size == 0:
             arr = arr.reshape((0, *shape_tail))
         if arr.ndim != 1 + len(shape_tail) or arr.shape[1:] != shape_tail:
             raise PlanFileError(f"field {name!r} has shape {list(arr.shape)}, expected [N, {', '.join(map(str, shape_tail))}]")
+    if np.dtype(dtype).kind == "i" and arr.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(arr) & (arr == np.floor(arr)) & (np.abs(arr) <= 2.0 ** 53)
+        if not whole.all():
+            at = tuple(int(i) for i in np.argwhere(~whole)[0])
+            raise PlanFileError(f"field {name!r} holds {float(arr[at])!r} at {list(at)}: indices must be whole numbers")
+    elif np.dtype(dtype).kind == "i" and arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise PlanFileError(f"field {name!r} holds {arr.max()} beyond the int64 range")
+    return np.asarray(arr, dtype=dtype)
+
+
+def _loads(arr: np.ndarray, name: str) -> np.ndarray:
+    """Loads must be finite and ``>= 0`` (an edited file may say NaN, Infinity or -3)."""
+    bad = ~(np.isfinite(arr) & (arr >= 0))
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise PlanFileError(f"field {name!r} holds {float(arr[at])!r} at {list(at)}: loads must be finite and >= 0")
     return arr
 
 
@@ -66,7 +88,10 @@ def load_plan(path: str | Path) -> Plan:
             meta = doc
             loads_doc = doc["loads"]
             loads = _array(loads_doc["values"], np.float64, "loads")
-            shape = tuple(int(v) for v in loads_doc["shape"])
+            shape = loads_doc["shape"]
+            if not isinstance(shape, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape):
+                raise PlanFileError(f"field 'loads.shape' must be a list of whole numbers, got {shape!r}")
+            shape = tuple(shape)
             if len(shape) != 3 or loads.ndim != 1 or loads.size != int(np.prod(shape)):
                 raise PlanFileError(f"loads hold {loads.size} values, shape says {list(shape)}")
             loads = loads.reshape(shape)
@@ -90,9 +115,13 @@ def load_plan(path: str | Path) -> Plan:
             raise PlanFileError(f"plan file version {meta.get('version')!r} is not supported (expected {VERSION})")
         topology = Topology.from_dict(meta["topology"])
         budget = Budget(**meta["budget"])
+        if loads.shape[1:] != (topology.num_ranks, topology.num_experts):
+            raise PlanFileError(f"loads shape {list(loads.shape)} does not match the stored topology "
+                                f"({topology.num_ranks} ranks, {topology.num_experts} experts)")
+        _loads(loads, "loads")
         plan = Plan(topology, budget, loads, replicas, route_idx, route_tok, solver=str(meta["solver"]),
                     solve_time_s=float(meta["solve_time_s"]), info=meta.get("info", {}))
-    except PlanFileError:
+    except (PlanFileError, PlanInvalidError):
         raise
     except PlannerError as exc:
         raise PlanFileError(f"plan file {str(path)!r} holds an inconsistent topology or budget: {exc}") from exc
@@ -100,7 +129,4 @@ def load_plan(path: str | Path) -> Plan:
         raise PlanFileError(f"plan file {str(path)!r} is missing or mangles field {exc}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise PlanFileError(f"plan file {str(path)!r} is corrupt: {exc}") from exc
-    if loads.shape[1:] != (topology.num_ranks, topology.num_experts):
-        raise PlanFileError(f"loads shape {list(loads.shape)} does not match the stored topology "
-                            f"({topology.num_ranks} ranks, {topology.num_experts} experts)")
     return plan.validate()
