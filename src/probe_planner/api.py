@@ -54,5 +54,5 @@ def solve(loads: np.ndarray, topology: Topology, budget: Budget, solver: str = "
     out = spec.fn(prob, **opts)
     elapsed = time.perf_counter() - start
     plan = Plan(topology, budget, prob.loads, out.replicas, out.route_idx, out.route_tok,
-                solver=solver, solve_time_s=elapsed, info=out.info)
+                solver=solver, solve_time_s=elapsed, info=out.info, loads_checked=prob.integral)
     return plan.validate()

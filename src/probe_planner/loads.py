@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 
+from . import plan_check
 from .errors import LoadsError
 from .topology import Topology
 
@@ -118,15 +119,16 @@ def canonical_loads(loads, topology: Topology, sources: Sources | None = None) -
         raise LoadsError("loads must be numbers, not booleans (found True/False in the nested list)")
     arr = np.asarray(arr, dtype=np.float64)  # no copy when already float64; huge float128 become inf
     layers = arr.shape[0] if arr.ndim == 3 or (arr.ndim == 2 and sources == "uniform") else 1
-    lo, hi = arr.min(), arr.max()  # two passes, no temporaries; NaN fails every comparison
-    if not (lo >= 0.0 and hi <= MAX_LOAD_TOTAL / (arr.size // layers)):  # then no layer total can pass the limit
+    arr = np.ascontiguousarray(arr)
+    plan_check.prepare()
+    bad, integral = plan_check.scan_loads(arr.reshape(1, 1, -1))  # one compiled pass: first bad entry, all whole?
+    if bad >= 0 or not arr.max() <= MAX_LOAD_TOTAL / (arr.size // layers):  # else no layer total passes the limit
         _check_values(arr, layers)
     if sources == "uniform":
-        arr = spread_uniform(arr, g)
+        arr = spread_uniform(arr, g)  # keeps integral counts integral
     if arr.ndim == 2:
         arr = arr[None]
-    arr = np.ascontiguousarray(arr)
-    return arr, bool(np.all(arr == np.floor(arr)))
+    return np.ascontiguousarray(arr), bool(integral)
 
 
 def _check_values(arr: np.ndarray, layers: int) -> None:

@@ -52,11 +52,12 @@ class Plan:
 
     def __init__(self, topology: Topology, budget: Budget, loads: np.ndarray, replicas: np.ndarray,
                  route_idx: np.ndarray, route_tok: np.ndarray, *, solver: str, solve_time_s: float,
-                 info: dict | None = None) -> None:
+                 info: dict | None = None, loads_checked: bool | None = None) -> None:
         """Raises :class:`PlanInvalidError` naming the problem when an array is malformed: loads not a
         finite, ``>= 0`` ``[L, G, E]`` array matching the topology; replicas not ``[R, 4]`` or
         route_idx not ``[N, 4]`` whole-number indices; route_tok not ``[N]`` numbers. The invariants
-        between them are :meth:`validate`'s."""
+        between them are :meth:`validate`'s. ``loads_checked``: whether the loads are integral, when
+        the front door (:func:`probe_planner.solve`) has already checked them — the scan is skipped."""
         self.topology = topology
         self.budget = budget
         self.loads = _loads_array(loads, topology)
@@ -64,7 +65,7 @@ class Plan:
         self.route_idx = _index_array(route_idx, "route", "route_idx", "(layer, source rank, expert, destination rank)")
         self.route_tok = _token_array(route_tok, self.route_idx.shape[0])
         plan_check.prepare()
-        bad, integral = plan_check.scan_loads(self.loads)
+        bad, integral = (-1, loads_checked) if loads_checked is not None else plan_check.scan_loads(self.loads)
         if bad >= 0:
             at = np.unravel_index(bad, self.loads.shape)
             raise PlanInvalidError(f"loads[{', '.join(map(str, at))}] = {self.loads[at]} (loads must be finite, >= 0)")
