@@ -12,6 +12,7 @@ from ..problem import Problem
 from . import SolverResult
 from .greedy import prepare
 from .layers import finish, greedy_fallback, greedy_first, model_size, remaining, too_short_for_lp
+from .lp_backends import lp_solver_for
 from .lp_round import lp_round_layer, lp_seconds
 from .milp import MILP_OPTIONS, milp_layers
 from .registry import register
@@ -36,7 +37,8 @@ def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
     searched = set()
     for lay in range(L):  # LP rounding where it takes a small part of the layer's share
         left = remaining(prob.deadline) / (L - lay)
-        lp_s = lp_seconds(model_size(prob, lay))
+        cols = model_size(prob, lay)
+        lp_s = lp_seconds(cols, lp_solver_for(prob.topology.num_nodes, cols) == "ipm")
         if lp_s <= _LP_SHARE * left and left < _LP_BEFORE_S:
             # the MILP after the search needs twice its root LP's time, else the search takes it all
             milp_fits = 0.85 * (1 - _SEARCH_SHARE) * left >= 2 * lp_s

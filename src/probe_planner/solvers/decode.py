@@ -14,6 +14,8 @@ from ..problem import Problem
 from .layers import LayerParts, explicit_routes, layer_makespan
 from .milp_model import LayerModel
 
+ZERO = 1e-9  # an amount below this fraction of its (source, expert) load or expert total is solver noise
+
 
 def integral_routes(flows: np.ndarray, y: np.ndarray, loads: np.ndarray, integral: bool) -> tuple[np.ndarray, np.ndarray]:
     """Clean flows (``[F, 3]`` (src, expert, dst), amounts ``y``) into routes whose per-(source,
@@ -22,6 +24,9 @@ def integral_routes(flows: np.ndarray, y: np.ndarray, loads: np.ndarray, integra
     y = np.maximum(np.asarray(y, dtype=np.float64), 0.0)
     key = flows[:, 0] * e_all + flows[:, 1]
     want = loads[flows[:, 0], flows[:, 1]]
+    # a flow numerically zero next to its pair's load is solver noise, and the roofline would charge its
+    # host the full floor beta for it (HiGHS leaves ~1e-13-token flows on otherwise idle hosts)
+    y = np.where(y > ZERO * want, y, 0.0)
     have = np.bincount(key, weights=y, minlength=g * e_all)[key]
     # rescale each pair to its load; a pair with no flow left goes wholly to its first listed host
     scale = np.divide(want, have, out=np.zeros_like(want), where=have > 0)
@@ -163,6 +168,7 @@ def node_flows(m: LayerModel, x: np.ndarray, loads: np.ndarray, host_mask: np.nd
         return _multinode_flows(m, x, loads, host_mask, node_of)
     h_e, h_r = m.hosts[:, 0], m.hosts[:, 1]
     p = np.maximum(x[m.y0:m.l0], 0.0) * host_mask[h_r, h_e]
+    p[p <= ZERO * loads.sum(axis=0)[h_e]] = 0.0  # solver noise, not work: see integral_routes
     out = []
     for e in np.unique(h_e):
         sel = np.flatnonzero(h_e == e)
@@ -198,7 +204,7 @@ def _multinode_flows(m: LayerModel, x: np.ndarray, loads: np.ndarray, host_mask:
     H = m.hosts.shape[0]
     P = m.pairs.shape[0]
     h_e, h_r = m.hosts[:, 0], m.hosts[:, 1]
-    keep = host_mask[h_r, h_e].astype(np.float64)
+    keep = host_mask[h_r, h_e] & (x[m.y0:m.l0] > ZERO * loads.sum(axis=0)[h_e])  # solver noise is no work
     l = np.maximum(x[m.l0:m.w0], 0.0) * keep
     w = np.maximum(x[m.w0:m.w0 + H], 0.0) * keep
     v = np.maximum(x[m.w0 + H:m.w0 + 2 * H], 0.0) * keep

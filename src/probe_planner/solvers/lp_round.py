@@ -14,7 +14,7 @@ from ..window import copies_fit_np
 from . import SolverResult
 from .greedy import prepare
 from .layers import LayerParts, finish, greedy_fallback, greedy_first, model_size, remaining, too_short_for_lp
-from .lp_backends import solve_highs
+from .lp_backends import lp_solver_for, solve_highs
 from .milp_model import LayerModel, build_layer_model, copies_active
 from .placement_search import improve_placement
 from .registry import register
@@ -81,10 +81,12 @@ def lp_round_layer(prob: Problem, lay: int, parts: list[LayerParts], time_s: flo
     ``parts[lay]`` in place and returns the LP bound (-inf when the LP did not finish)."""
     start = time.perf_counter()
     end = min(prob.deadline, start + time_s)
-    if min(time_s, remaining(prob.deadline)) < lp_seconds(model_size(prob, lay)):
+    cols = model_size(prob, lay)
+    if min(time_s, remaining(prob.deadline)) < lp_seconds(cols, lp_solver_for(prob.topology.num_nodes, cols) == "ipm"):
         return -math.inf
     m = copies_active(build_layer_model(prob.loads[lay], prob.topology, prob.windows_us, prob.params))
-    sol = solve_highs(m, 0.85 * remaining(end), relax=True, deadline=end)  # margin: HiGHS overruns its limit a little
+    sol = solve_highs(m, 0.85 * remaining(end), relax=True, deadline=end,  # margin: HiGHS overruns its limit a little
+                      lp_solver=lp_solver_for(prob.topology.num_nodes, m.num_cols))
     if sol.x is None or remaining(end) <= 0:
         return sol.bound
     zval = sol.x[m.z0:m.y0]
@@ -108,10 +110,13 @@ def lp_round_layer(prob: Problem, lay: int, parts: list[LayerParts], time_s: flo
     return sol.bound
 
 
-def lp_seconds(columns: int) -> float:
+def lp_seconds(columns: int, ipm: bool = False) -> float:
     """Expected time of a layer's LP rounding (LP relaxation and its roundings), measured on a
-    2-core CI-class machine: 64x8 Zipf (2.5k columns) 65-90 ms, 128x8 (5k columns) 0.2-0.4 s —
-    superlinear."""
+    2-core CI-class machine: with the simplex, 64x8 Zipf (2.5k columns) 65-90 ms, 128x8 (5k columns)
+    0.2-0.4 s — superlinear; with the interior point (``ipm``: large models across nodes,
+    :func:`lp_solver_for`), 18.4k columns 2.6-8 s, 73.7k 35-51 s."""
+    if ipm:
+        return 2e-6 * columns ** 1.5
     return 3e-5 * columns * max(1.0, columns / 2500.0)
 
 

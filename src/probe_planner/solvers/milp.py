@@ -13,7 +13,7 @@ from . import SolverResult
 from .decode import parts_from_solution, warm_start
 from .greedy import prepare
 from .layers import OVERRUN_PER_COLUMN, LayerParts, finish, greedy_fallback, greedy_first, model_size, phase_fits, remaining, too_short_for_lp
-from .lp_backends import BACKENDS, backend_cost, get_backend
+from .lp_backends import BACKENDS, backend_cost, get_backend, lp_solver_for
 from .milp_model import build_layer_model
 from .registry import Option, register
 from .token_lp import polished_start
@@ -48,7 +48,8 @@ def milp_layers(prob: Problem, parts: list[LayerParts], backend: str, mip_rel_ga
             short += 1
             continue
         sol = solve_backend(m, limit, warm=warm_start(m, prob, lay, parts[lay]), mip_rel_gap=mip_rel_gap,
-                            cutoff=parts[lay].makespan_us * (1 + 1e-6) + 1e-6, deadline=time.perf_counter() + limit)
+                            cutoff=parts[lay].makespan_us * (1 + 1e-6) + 1e-6, deadline=time.perf_counter() + limit,
+                            lp_solver=lp_solver_for(prob.topology.num_nodes, m.num_cols))
         bounds[lay] = sol.bound
         if sol.x is not None:
             cand = parts_from_solution(m, prob, lay, sol.x)
