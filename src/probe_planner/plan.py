@@ -35,12 +35,15 @@ _REL_TOL = 1e-9
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """One layer of a plan: replicas ``[R, 3]`` (expert, src, dst); every route ``[N, 3]``
-    (src, expert, dst), implicit ones included, with tokens ``[N]``."""
+    """One layer of a plan: replicas ``[R, 3]`` (expert, src, dst); routes ``[N, 3]`` (src, expert,
+    dst) with tokens ``[N]``; its makespan under the cost model. From :meth:`Plan.layer` every route
+    is explicit; the layers solvers work on may list only some experts' routes (an unlisted expert's
+    tokens all go to its sole host, :mod:`probe_planner.routes`)."""
 
     replicas: np.ndarray
     routes: np.ndarray
     tokens: np.ndarray
+    makespan_us: float = float("nan")
 
 
 class Plan:
@@ -91,7 +94,7 @@ class Plan:
         idx, tok = self.full_routes
         rm = self.replicas[:, LAYER] == index
         qm = idx[:, R_LAYER] == index
-        return LayerPlan(self.replicas[rm, 1:], idx[qm, 1:], tok[qm])
+        return LayerPlan(self.replicas[rm, 1:], idx[qm, 1:], tok[qm], float(self.metrics.layer_makespan_us[index]))
 
     @cached_property
     def full_routes(self) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..problem import Problem
-from .layers import LayerParts, explicit_routes, layer_makespan
+from .layers import LayerPlan, explicit_routes, layer_makespan
 from .milp_model import LayerModel
 
 ZERO = 1e-9  # an amount below this fraction of its (source, expert) load or expert total is solver noise
@@ -60,7 +60,7 @@ def integral_routes(flows: np.ndarray, y: np.ndarray, loads: np.ndarray, integra
     return flows[keep], y[keep]
 
 
-def warm_start(m: LayerModel, prob: Problem, lay: int, parts: LayerParts) -> np.ndarray | None:
+def warm_start(m: LayerModel, prob: Problem, lay: int, parts: LayerPlan) -> np.ndarray | None:
     """The model's variable vector for a plan (None if the plan uses a copy the model lacks)."""
     g, e_all = prob.loads.shape[1:]
     x = np.zeros(m.num_cols)
@@ -120,13 +120,13 @@ def drop_unused(replicas: np.ndarray, routes: np.ndarray, shape: tuple[int, int]
     return replicas[used[replicas[:, 2], replicas[:, 0]]]
 
 
-def parts_from_solution(m: LayerModel, prob: Problem, lay: int, x: np.ndarray) -> LayerParts:
+def parts_from_solution(m: LayerModel, prob: Problem, lay: int, x: np.ndarray) -> LayerPlan:
     """Replicas (z > 1/2) and integral routes from a model solution; tokens on ranks that do not end
     up hosting the expert are dropped and each (source, expert) pair rescaled to its load."""
     chosen = m.copies[x[m.z0:m.y0] > 0.5]
     routes, tok = model_routes(m, prob, lay, x, chosen)
     chosen = drop_unused(chosen, routes, prob.loads.shape[1:])
-    return LayerParts(chosen, routes, tok, layer_makespan(prob, lay, chosen, routes, tok))
+    return LayerPlan(chosen, routes, tok, layer_makespan(prob, lay, chosen, routes, tok))
 
 
 

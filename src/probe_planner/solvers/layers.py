@@ -1,4 +1,4 @@
-"""Per-layer plumbing the optimizers share: a layer's answer (:class:`LayerParts`), splitting a
+"""Per-layer plumbing the optimizers share (layers are :class:`probe_planner.plan.LayerPlan`): splitting a
 result into layers and joining them back, greedy's start, the final status, and the time shares.
 
 The optimizers (``lp-tokens``, ``lp-round``, ``milp``, ``auto``) solve one layer at a time, each in
@@ -10,28 +10,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..cost import evaluate
+from ..plan import LayerPlan
 from ..problem import Problem
 from ..routes import compact_routes, expand_routes
 from . import SolverResult
 from .greedy import THOROUGH, run_kernel
 from .milp_model import model_columns
-
-
-@dataclass
-class LayerParts:
-    """One layer's answer: replicas ``[R, 3]`` (expert, src, dst), routes ``[N, 3]`` (src, expert, dst)
-    and tokens ``[N]`` — listed for some experts at least, an unlisted expert's tokens all going to its
-    sole host (:mod:`probe_planner.routes`) — and its makespan under the cost model."""
-
-    replicas: np.ndarray
-    routes: np.ndarray
-    tokens: np.ndarray
-    makespan_us: float
 
 
 def layer_makespan(prob: Problem, lay: int, replicas: np.ndarray, routes: np.ndarray, tokens: np.ndarray) -> float:
@@ -42,7 +30,7 @@ def layer_makespan(prob: Problem, lay: int, replicas: np.ndarray, routes: np.nda
     return float(m.layer_makespan_us[0])
 
 
-def split_layers(prob: Problem, res: SolverResult) -> list[LayerParts]:
+def split_layers(prob: Problem, res: SolverResult) -> list[LayerPlan]:
     """A multi-layer :class:`SolverResult` as per-layer parts (routes as compact as the result's),
     each scored (one cost-model pass for all layers)."""
     L = prob.loads.shape[0]
@@ -52,18 +40,18 @@ def split_layers(prob: Problem, res: SolverResult) -> list[LayerParts]:
     rep = res.replicas[np.argsort(res.replicas[:, 0], kind="stable")]
     rcut = np.searchsorted(rep[:, 0], np.arange(L + 1))
     qcut = np.searchsorted(idx[:, 0], np.arange(L + 1))
-    return [LayerParts(rep[rcut[i]:rcut[i + 1], 1:], idx[qcut[i]:qcut[i + 1], 1:], tok_all[qcut[i]:qcut[i + 1]], float(mk[i]))
+    return [LayerPlan(rep[rcut[i]:rcut[i + 1], 1:], idx[qcut[i]:qcut[i + 1], 1:], tok_all[qcut[i]:qcut[i + 1]], float(mk[i]))
             for i in range(L)]
 
 
-def explicit_routes(prob: Problem, lay: int, parts: LayerParts) -> tuple[np.ndarray, np.ndarray]:
+def explicit_routes(prob: Problem, lay: int, parts: LayerPlan) -> tuple[np.ndarray, np.ndarray]:
     """``(routes [N, 3], tokens [N])`` of one layer with every route explicit."""
     idx = np.hstack([np.zeros((parts.routes.shape[0], 1), dtype=np.int64), parts.routes])
     full, tok = expand_routes(prob.topology.native, prob.loads[lay:lay + 1], idx, parts.tokens)
     return full[:, 1:], tok
 
 
-def join_layers(prob: Problem, parts: list[LayerParts], info: dict) -> SolverResult:
+def join_layers(prob: Problem, parts: list[LayerPlan], info: dict) -> SolverResult:
     """Per-layer parts as one result, routes listed only for split experts."""
     reps = [np.hstack([np.full((p.replicas.shape[0], 1), i), p.replicas]) for i, p in enumerate(parts)]
     routes = [np.hstack([np.full((p.routes.shape[0], 1), i), p.routes]) for i, p in enumerate(parts)]
@@ -85,7 +73,7 @@ def greedy_fallback(first: SolverResult, solver: str) -> SolverResult:
     return SolverResult(first.replicas, first.route_idx, first.route_tok, info)
 
 
-def greedy_start(prob: Problem, first: SolverResult) -> list[LayerParts]:
+def greedy_start(prob: Problem, first: SolverResult) -> list[LayerPlan]:
     """Greedy's default plan ``first`` and, where the time left holds it, its thorough one
     (``THOROUGH``), the better per layer."""
     t0 = time.perf_counter()
@@ -105,7 +93,7 @@ def remaining(deadline: float) -> float:
     return deadline - time.perf_counter()
 
 
-def finish(prob: Problem, parts: list[LayerParts], bounds: np.ndarray, proven: list[bool], extra: dict,
+def finish(prob: Problem, parts: list[LayerPlan], bounds: np.ndarray, proven: list[bool], extra: dict,
            rel_gap: float = 1e-4, message: str = "") -> SolverResult:
     """Assemble the layers; "optimal" when every layer's model was solved to ``rel_gap`` and the
     integral plan is within ``2·rel_gap`` of the bound (token rounding may add a little).

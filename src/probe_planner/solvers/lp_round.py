@@ -13,7 +13,7 @@ from ..problem import Problem
 from ..window import copies_fit_np
 from . import SolverResult
 from .greedy import prepare
-from .layers import LayerParts, finish, greedy_fallback, greedy_first, model_size, remaining, too_short_for_lp
+from .layers import LayerPlan, finish, greedy_fallback, greedy_first, model_size, remaining, too_short_for_lp
 from .lp_backends import lp_solver_for, solve_highs
 from .milp_model import LayerModel, build_layer_model, copies_active
 from .placement_search import improve_placement
@@ -74,7 +74,7 @@ def rounding_keys(m: LayerModel, prob: Problem, lay: int, x: np.ndarray) -> list
 _SEARCH_MIN_Z = 0.02
 
 
-def lp_round_layer(prob: Problem, lay: int, parts: list[LayerParts], time_s: float, search: float = 0.0) -> float:
+def lp_round_layer(prob: Problem, lay: int, parts: list[LayerPlan], time_s: float, search: float = 0.0) -> float:
     """LP relaxation of one layer, rounded in each order of :func:`rounding_keys` and polished
     (:func:`polished_placement`) within ``time_s``; then, until ``search`` x ``time_s`` has passed, a
     local search (:mod:`placement_search`) over the copies the LP put weight on. Improves

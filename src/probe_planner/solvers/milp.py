@@ -12,14 +12,14 @@ from ..problem import Problem
 from . import SolverResult
 from .decode import parts_from_solution, warm_start
 from .greedy import prepare
-from .layers import OVERRUN_PER_COLUMN, LayerParts, finish, greedy_fallback, greedy_first, model_size, phase_fits, remaining, too_short_for_lp
+from .layers import OVERRUN_PER_COLUMN, LayerPlan, finish, greedy_fallback, greedy_first, model_size, phase_fits, remaining, too_short_for_lp
 from .lp_backends import BACKENDS, backend_cost, get_backend, lp_solver_for
 from .milp_model import build_layer_model
 from .registry import Option, register
 from .token_lp import polished_start
 
 
-def milp_layers(prob: Problem, parts: list[LayerParts], backend: str, mip_rel_gap: float,
+def milp_layers(prob: Problem, parts: list[LayerPlan], backend: str, mip_rel_gap: float,
                 skip: set[int] | frozenset[int] = frozenset()) -> tuple[np.ndarray, list[bool], int]:
     """Each layer's MILP (except those in ``skip``) in its share of the time left, skipping a layer
     whose share cannot build and search its model (:func:`phase_fits`). Returns the layers' bounds,

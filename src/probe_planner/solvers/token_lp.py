@@ -13,7 +13,7 @@ from . import SolverResult
 from .decode import drop_unused, model_routes
 from .greedy import prepare, run_kernel
 from .layers import (
-    LayerParts,
+    LayerPlan,
     finish,
     greedy_fallback,
     greedy_first,
@@ -30,7 +30,7 @@ from .milp_model import build_layer_model
 from .registry import Option, register
 
 
-def token_lp(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> tuple[LayerParts | None, ModelSolution | None]:
+def token_lp(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> tuple[LayerPlan | None, ModelSolution | None]:
     """Best token split for a fixed placement (every host active), then integral routes; by ``end``
     (a ``perf_counter`` time), else ``(None, None)`` without starting when the LP cannot fit."""
     hosts = prob.topology.native.copy()
@@ -44,10 +44,10 @@ def token_lp(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> tuple
         return None, sol
     routes, tok = model_routes(m, prob, lay, sol.x, replicas)
     rep = drop_unused(replicas, routes, hosts.shape)
-    return LayerParts(rep, routes, tok, layer_makespan(prob, lay, rep, routes, tok)), sol
+    return LayerPlan(rep, routes, tok, layer_makespan(prob, lay, rep, routes, tok)), sol
 
 
-def polished_placement(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> LayerParts | None:
+def polished_placement(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> LayerPlan | None:
     """The token LP on a placement, then again without the replicas it gave fewer tokens than
     the roofline floor (``alpha·p < beta``: such a host pays ``beta`` anyway), the better of the
     two; both by ``end`` (a ``perf_counter`` time). None when not even the first fits."""
@@ -66,7 +66,7 @@ def polished_placement(prob: Problem, lay: int, replicas: np.ndarray, end: float
     return fewer if fewer is not None and fewer.makespan_us < cand.makespan_us else cand
 
 
-def polished_start(prob: Problem, first: SolverResult) -> tuple[list[LayerParts], list[str]]:
+def polished_start(prob: Problem, first: SolverResult) -> tuple[list[LayerPlan], list[str]]:
     """:func:`greedy_start` from greedy's plan ``first``, each layer's token split polished exactly
     (:func:`polished_placement`) where the layer's share of the budget allows: a few ms, often
     5-10% better. Also notes on what the time left out, for the plan's message."""
