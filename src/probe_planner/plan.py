@@ -196,43 +196,37 @@ class Plan:
             _windows(self.budget, G), unit_intra, unit_inter, self.integral, _REL_TOL)
 
     def _violation(self, code: int, a: int, b: int, c: int, d: int, x: float, y: float) -> str:
-        """The message for :func:`plan_check.check_plan`'s answer (the indices' meaning is per code)."""
-        pc = plan_check
+        """The message for :func:`plan_check.check_plan`'s answer (the fields' meaning is per code)."""
         rep, ri = self.replicas, self.route_idx
-        if code == pc.RANGE_REPLICA:
-            return f"replica {a} = {rep[a].tolist()}: column {b} outside [0, {c})"
-        if code == pc.RANGE_ROUTE:
-            return f"route {a} = {ri[a].tolist()}: column {b} outside [0, {c})"
-        if code == pc.TOKENS:
-            return f"route {a} = {ri[a].tolist()} carries {x} tokens (must be finite, >= 0)"
-        if code == pc.SRC_NOT_NATIVE:
-            return f"replica {rep[a].tolist()}: source rank does not natively host the expert"
-        if code == pc.DST_NATIVE:
-            return f"replica {rep[a].tolist()}: destination already hosts the expert natively"
-        if code == pc.COPIED_TWICE:
-            return f"expert {b} copied twice to rank {c} in layer {a}"
-        if code == pc.SLOTS:
-            return f"rank {b} receives {c} replicas in layer {a}, slots={self.topology.slots}"
-        if code == pc.UNLISTED_SPLIT:
-            return (f"layer {a}, expert {b}: {c} hosts but no routes listed "
-                    "(only an expert with one host may leave its routes implicit)")
-        if code == pc.WINDOW:
+        f = dict(a=a, b=b, c=c, d=d, x=x, y=y, slots=self.topology.slots,
+                 rep_a=rep[a].tolist() if 0 <= a < rep.shape[0] else None,
+                 ri_a=ri[a].tolist() if 0 <= a < ri.shape[0] else None)
+        if code == plan_check.WINDOW:
             _, _, unit_intra, unit_inter = _topology_facts(self.topology)
-            win = _windows(self.budget, self.topology.num_ranks)
-            kind = ("receives", "sends")[c // 2] + " " + ("intra-node", "inter-node")[c % 2]
-            return (f"rank {b} in layer {a} {kind} {d} replica copies taking {d * (unit_intra, unit_inter)[c % 2]:.3f} us "
-                    f"> window {win[b]:.3f} us")
-        if code == pc.NOT_HELD:
-            return f"route {ri[a].tolist()} sends tokens to a rank that does not hold the expert"
-        if code == pc.REPEAT:
-            return f"route entries repeat a (layer, source, expert, destination): entries {a} and {b} are both {ri[a].tolist()}"
-        if code == pc.CONSERVATION:
-            return f"layer {a}, source {b}, expert {c}: routes carry {x} tokens, loads say {y}"
-        if code == pc.UNCOVERED:
-            return f"layer {a}, source {b}, expert {c}: routes carry 0 tokens, loads say {y}"
-        if code == pc.FRACTIONAL:
-            return f"loads are integral but route {ri[a].tolist()} carries {x} tokens"
-        raise AssertionError(f"unknown plan_check code {code}")
+            f.update(kind=("receives", "sends")[c // 2] + " " + ("intra-node", "inter-node")[c % 2],
+                     taking=d * (unit_intra, unit_inter)[c % 2], win=_windows(self.budget, self.topology.num_ranks)[b])
+        if code not in _MESSAGES:
+            raise AssertionError(f"unknown plan_check code {code}")
+        return _MESSAGES[code].format(**f)
+
+
+_MESSAGES = {  # plan_check's codes -> what the plan breaks, filled by Plan._violation
+    plan_check.RANGE_REPLICA: "replica {a} = {rep_a}: column {b} outside [0, {c})",
+    plan_check.RANGE_ROUTE: "route {a} = {ri_a}: column {b} outside [0, {c})",
+    plan_check.TOKENS: "route {a} = {ri_a} carries {x} tokens (must be finite, >= 0)",
+    plan_check.SRC_NOT_NATIVE: "replica {rep_a}: source rank does not natively host the expert",
+    plan_check.DST_NATIVE: "replica {rep_a}: destination already hosts the expert natively",
+    plan_check.COPIED_TWICE: "expert {b} copied twice to rank {c} in layer {a}",
+    plan_check.SLOTS: "rank {b} receives {c} replicas in layer {a}, slots={slots}",
+    plan_check.UNLISTED_SPLIT: "layer {a}, expert {b}: {c} hosts but no routes listed (only an expert with one host may "
+                               "leave its routes implicit)",
+    plan_check.WINDOW: "rank {b} in layer {a} {kind} {d} replica copies taking {taking:.3f} us > window {win:.3f} us",
+    plan_check.NOT_HELD: "route {ri_a} sends tokens to a rank that does not hold the expert",
+    plan_check.REPEAT: "route entries repeat a (layer, source, expert, destination): entries {a} and {b} are both {ri_a}",
+    plan_check.CONSERVATION: "layer {a}, source {b}, expert {c}: routes carry {x} tokens, loads say {y}",
+    plan_check.UNCOVERED: "layer {a}, source {b}, expert {c}: routes carry 0 tokens, loads say {y}",
+    plan_check.FRACTIONAL: "loads are integral but route {ri_a} carries {x} tokens",
+}
 
 
 _FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -97,6 +97,41 @@ def _sift(a, lo, root, n):
         root = child
 
 
+@nb.njit(cache=True)
+def _out_of_range(rows, n_lay, expert_col, e_all, g_all):
+    """``(row, column, bound)`` of the first entry outside ``[0, bound)``, column by column, in ``[n, 4]``
+    index rows whose column 0 is the layer, ``expert_col`` the expert and the others ranks; row -1 when
+    all are in range."""
+    for c in range(4):
+        hi = n_lay if c == 0 else (e_all if c == expert_col else g_all)
+        for i in range(rows.shape[0]):
+            v = rows[i, c]
+            if v < 0 or v >= hi:
+                return i, c, hi
+    return -1, 0, 0
+
+
+@nb.njit(cache=True)
+def _buckets(rows, major, width, minor, n_keys):
+    """Stable counting sort of ``rows [n, k]`` by the key ``rows[:, major] * width + rows[:, minor]``
+    in ``[0, n_keys)``: ``(start [n_keys + 1], order [n])`` with the rows of key ``k`` at
+    ``order[start[k]:start[k + 1]]``, in their original order."""
+    keys = np.empty(rows.shape[0], np.int64)
+    for i in range(rows.shape[0]):
+        keys[i] = rows[i, major] * width + rows[i, minor]
+    start = np.zeros(n_keys + 1, np.int64)
+    for i in range(keys.size):
+        start[keys[i] + 1] += 1
+    for k in range(n_keys):
+        start[k + 1] += start[k]
+    fill = start[:n_keys].copy()
+    order = np.empty(keys.size, np.int64)
+    for i in range(keys.size):
+        order[fill[keys[i]]] = i
+        fill[keys[i]] += 1
+    return start, order
+
+
 @nb.njit(cache=True, fastmath={"reassoc", "nsz"})
 def _nonfinite_or_signed(flat):
     """Whether some entry may be NaN, infinite or negative: ``sum(v * 0)`` is NaN iff an entry is
@@ -150,18 +185,12 @@ def check_plan(loads, rep, ri, rt, native, n_native, rpn, slots, win, unit_intra
     n_rep = rep.shape[0]
     n_rt = ri.shape[0]
     # 1. column ranges, column by column (the first bad row of the first bad column)
-    for c in range(4):
-        hi = n_lay if c == 0 else (e_all if c == 1 else g_all)
-        for i in range(n_rep):
-            v = rep[i, c]
-            if v < 0 or v >= hi:
-                return _res(RANGE_REPLICA, i, c, hi, 0, 0.0, 0.0)
-    for c in range(4):
-        hi = n_lay if c == 0 else (e_all if c == 2 else g_all)
-        for i in range(n_rt):
-            v = ri[i, c]
-            if v < 0 or v >= hi:
-                return _res(RANGE_ROUTE, i, c, hi, 0, 0.0, 0.0)
+    i, c, hi = _out_of_range(rep, n_lay, 1, e_all, g_all)  # replicas: (layer, expert, src, dst)
+    if i >= 0:
+        return _res(RANGE_REPLICA, i, c, hi, 0, 0.0, 0.0)
+    i, c, hi = _out_of_range(ri, n_lay, 2, e_all, g_all)  # routes: (layer, src, expert, dst)
+    if i >= 0:
+        return _res(RANGE_ROUTE, i, c, hi, 0, 0.0, 0.0)
     # 2. tokens finite and >= 0
     for i in range(n_rt):
         t = rt[i]
@@ -176,17 +205,10 @@ def check_plan(loads, rep, ri, rt, native, n_native, rpn, slots, win, unit_intra
             return _res(DST_NATIVE, i, 0, 0, 0, 0.0, 0.0)
     # 4. replicas bucketed by (layer, destination) (counting sort), each bucket sorted by expert
     n_lg = n_lay * g_all
-    start = np.zeros(n_lg + 1, np.int64)
-    for i in range(n_rep):
-        start[rep[i, 0] * g_all + rep[i, 3] + 1] += 1
-    for k in range(n_lg):
-        start[k + 1] += start[k]
-    fill = start[:n_lg].copy()
+    start, order = _buckets(rep, 0, g_all, 3, n_lg)
     held = np.empty(n_rep, np.int64)
-    for i in range(n_rep):
-        k = rep[i, 0] * g_all + rep[i, 3]
-        held[fill[k]] = rep[i, 1]
-        fill[k] += 1
+    for j in range(n_rep):
+        held[j] = rep[order[j], 1]
     dup = -1  # smallest (layer, expert, destination) key copied twice
     most = 0  # replicas on the fullest (layer, rank), and the first such (layer, rank)
     most_k = -1
@@ -212,17 +234,7 @@ def check_plan(loads, rep, ri, rt, native, n_native, rpn, slots, win, unit_intra
     # 5. routes bucketed by (layer, expert) (stable counting sort: a bucket is a listed pair); an
     # expert with != 1 hosts and tokens must be listed
     n_le = n_lay * e_all
-    rstart = np.zeros(n_le + 1, np.int64)
-    for i in range(n_rt):
-        rstart[ri[i, 0] * e_all + ri[i, 2] + 1] += 1
-    for k in range(n_le):
-        rstart[k + 1] += rstart[k]
-    rfill = rstart[:n_le].copy()
-    perm = np.empty(n_rt, np.int64)
-    for i in range(n_rt):
-        k = ri[i, 0] * e_all + ri[i, 2]
-        perm[rfill[k]] = i
-        rfill[k] += 1
+    rstart, perm = _buckets(ri, 0, e_all, 2, n_le)
     copies = np.zeros(n_le, np.int64)
     for i in range(n_rep):
         copies[rep[i, 0] * e_all + rep[i, 1]] += 1
