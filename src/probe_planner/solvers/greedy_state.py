@@ -8,6 +8,14 @@ routing rule (:func:`map_remote`) every other source sends that expert's tokens 
 whatever the split, so the other nodes enter through their maxima. :func:`revert` undoes a tentative
 move, :func:`commit` keeps it. Helpers never allocate; skipping NRT reference counting on their many
 array arguments makes each call ~8x cheaper.
+
+Arrays every function here shares, by name (``G`` ranks, ``E`` experts): ``n [G, E]`` the layer's
+loads per source; ``total [E]`` per expert; ``hosts [E, G]`` int, ``nh [E]`` int and ``nat_cnt [E]``
+int (natives come first in ``hosts``); ``is_host [E, G]`` bool; ``xh [E, G]`` tokens per host slot;
+``p [8]`` the cost vector (:data:`probe_planner.cost.ALPHA` ... plus ``FILL_W``, ``FILL_TAU``);
+``copies [G, 4]`` copies in intra / in inter / out intra / out inter; ``used [G]`` int slots taken;
+``rank_exp [G, E]`` int and ``rank_cnt [G]`` int the experts each rank holds; ``node_of [G]`` int;
+``win [G]`` windows µs; ``rpn`` ranks per node; ``st`` a :class:`RankState`, ``sc`` a :class:`Scratch`.
 """
 
 from __future__ import annotations
