@@ -121,8 +121,8 @@ def canonical_loads(loads, topology: Topology, sources: Sources | None = None) -
     layers = arr.shape[0] if arr.ndim == 3 or (arr.ndim == 2 and sources == "uniform") else 1
     arr = np.ascontiguousarray(arr)
     plan_check.prepare()
-    bad, integral = plan_check.scan_loads(arr.reshape(1, 1, -1))  # one compiled pass: first bad entry, all whole?
-    if bad >= 0 or not arr.max() <= MAX_LOAD_TOTAL / (arr.size // layers):  # else no layer total passes the limit
+    bad, integral, top = plan_check.scan_loads(arr.reshape(1, 1, -1))  # one compiled read: first bad entry, all whole, max
+    if bad >= 0 or not top <= MAX_LOAD_TOTAL / (arr.size // layers):  # else no layer total passes the limit
         _check_values(arr, layers)
     if sources == "uniform":
         arr = spread_uniform(arr, g)  # keeps integral counts integral

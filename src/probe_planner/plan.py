@@ -68,7 +68,7 @@ class Plan:
         self.route_idx = _index_array(route_idx, "route", "route_idx", "(layer, source rank, expert, destination rank)")
         self.route_tok = _token_array(route_tok, self.route_idx.shape[0])
         plan_check.prepare()
-        bad, integral = (-1, loads_checked) if loads_checked is not None else plan_check.scan_loads(self.loads)
+        bad, integral = (-1, loads_checked) if loads_checked is not None else plan_check.scan_loads(self.loads)[:2]
         if bad >= 0:
             at = np.unravel_index(bad, self.loads.shape)
             raise PlanInvalidError(f"loads[{', '.join(map(str, at))}] = {self.loads[at]} (loads must be finite, >= 0)")
