@@ -246,3 +246,28 @@ def test_bad_mip_gap(solver):
     topo = make_topology(1, 2, 2, slots=1)
     with pytest.raises(SolverError, match="mip_rel_gap"):
         solve(np.ones((2, 4)), topo, Budget(window_us=1.0), solver=solver, mip_rel_gap=-0.1)
+
+
+@pytest.mark.parametrize("solver, options, match", [
+    (["greedy"], {}, "solver must be a name"),
+    ("greedy", {"max_moves": 10**30}, r"max_moves must be an integer >= 0 and <= 2147483647"),
+    ("greedy", {"n_dest": True}, "n_dest must be an integer"),
+    ("greedy", {"comm_weight": float("nan")}, "comm_weight must be a finite number"),
+    ("milp", {"mip_rel_gap": "0.1"}, "mip_rel_gap must be a finite number"),
+    ("lp-tokens", {"base": "milp"}, r"base must be one of \['static', 'greedy'\]"),
+])
+def test_bad_solver_and_option_values(solver, options, match):
+    topo = make_topology(1, 2, 2, slots=1)
+    with pytest.raises(SolverError, match=match):
+        solve(np.ones((2, 4)), topo, Budget(window_us=1.0), solver=solver, **options)
+
+
+def test_huge_counts_are_clamped_not_allocated():
+    # n_dest=10**9 used to allocate 16 GB; counts beyond the shape change nothing and cost nothing
+    topo = make_topology(1, 4, 2, slots=2)
+    loads = np.full((4, 8), 5.0)
+    loads[:, 0] = 900.0
+    budget = Budget(window_us=np.inf, time_limit_s=0.2)
+    huge = solve(loads, topo, budget, solver="greedy", n_dest=10**9, n_exp=10**9, max_moves=10**9, lookahead=10**9)
+    plain = solve(loads, topo, budget, solver="greedy", n_dest=4, n_exp=8, lookahead=8)
+    assert huge.makespan_us == plain.makespan_us and huge.solve_time_s < 0.2 * 1.1 + 1e-3
