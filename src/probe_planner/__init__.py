@@ -9,6 +9,7 @@
 from .api import solve
 from .budget import Budget
 from .cost import CostParams, Metrics
+from .dispatch import DispatchRule
 from .errors import (
                      BudgetError,
                      CardError,
@@ -27,7 +28,7 @@ from .topology import ModelShape, Topology
 
 __all__ = [
     "solve", "Topology", "ModelShape", "Budget", "Plan", "LayerPlan", "CostParams", "Metrics",
-    "load_plan", "save_plan", "solver_names",
+    "load_plan", "save_plan", "solver_names", "DispatchRule",
     "PlannerError", "LoadsError", "TopologyError", "BudgetError", "CardError", "SolverError",
     "PlanInvalidError", "PlanFileError", "TraceError",
 ]
