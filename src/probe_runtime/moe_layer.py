@@ -1,0 +1,156 @@
+"""An expert-parallel MoE layer that executes probe-planner plans (torch.distributed: gloo or NCCL).
+
+Each rank holds its native experts' SwiGLU weights and ``slots`` replica buffers. A forward pass:
+router -> top-k -> count exchange (one all-gather of the ``[E]`` counts per rank) -> the plan's
+:class:`probe_planner.DispatchRule` splits every (source, expert) pair's real tokens over the
+expert's hosts -> dispatch with ``all_to_all_single`` (uneven splits; each rank derives every
+split from the exchanged counts, so no sizes or expert ids travel) -> per-expert grouped compute on
+natives and replicas -> combine with the reverse ``all_to_all_single`` -> gate-weighted sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from probe_planner import DispatchRule, Plan, PlanInvalidError, Topology
+
+
+@dataclass(frozen=True)
+class ExpertBank:
+    """SwiGLU weights of a set of experts: ``w1``, ``w3`` ``[n, ffn, hidden]``, ``w2`` ``[n, hidden, ffn]``."""
+
+    w1: torch.Tensor
+    w3: torch.Tensor
+    w2: torch.Tensor
+
+    def expert(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert ``i`` of the bank on rows ``x [n, hidden]``."""
+        return (F.silu(x @ self.w1[i].T) * (x @ self.w3[i].T)) @ self.w2[i].T
+
+
+def seeded_experts(num_experts: int, hidden: int, ffn: int, seed: int, dtype=torch.float32) -> ExpertBank:
+    """Every expert's weights, the same on every rank for the same seed (each rank keeps its share)."""
+    g = torch.Generator().manual_seed(seed)
+    scale = hidden ** -0.5
+    return ExpertBank(torch.randn(num_experts, ffn, hidden, generator=g, dtype=dtype) * scale,
+                      torch.randn(num_experts, ffn, hidden, generator=g, dtype=dtype) * scale,
+                      torch.randn(num_experts, hidden, ffn, generator=g, dtype=dtype) * ffn ** -0.5)
+
+
+def reference_moe(x: torch.Tensor, router: torch.Tensor, bank: ExpertBank, top_k: int) -> torch.Tensor:
+    """Single-process MoE with every expert local: what the distributed layer must reproduce."""
+    gates, ids = torch.topk(torch.softmax(x @ router, dim=-1), top_k, dim=-1)
+    gates = gates / gates.sum(dim=-1, keepdim=True)
+    out = torch.zeros_like(x)
+    for e in torch.unique(ids).tolist():
+        tok, slot = torch.nonzero(ids == e, as_tuple=True)
+        out.index_add_(0, tok, bank.expert(e, x[tok]) * gates[tok, slot, None])
+    return out
+
+
+class EPMoELayer:
+    """One MoE layer under expert parallelism on the default process group (rank = its rank).
+
+    ``topology``: the cluster and model as the planner sees it (its ``native`` placement decides which
+    experts this rank holds; ``slots`` replica buffers are preallocated); ``router [hidden, E]`` and
+    ``bank`` (every expert's weights, e.g. :func:`seeded_experts`) are the same on every rank; this
+    rank keeps only its natives. :meth:`load_replicas` fills the slots for a plan's layer;
+    :meth:`forward` runs a batch under it.
+    """
+
+    def __init__(self, topology: Topology, router: torch.Tensor, bank: ExpertBank, top_k: int) -> None:
+        self.topology = topology
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+        if self.world != topology.num_ranks:
+            raise PlanInvalidError(f"the topology has {topology.num_ranks} ranks but the process group {self.world}")
+        self.router = router
+        self.top_k = top_k
+        self.natives = np.flatnonzero(topology.native[self.rank])
+        self.native_bank = ExpertBank(*(w[torch.as_tensor(self.natives)].clone() for w in (bank.w1, bank.w3, bank.w2)))
+        s = topology.slots
+        self.slot_bank = ExpertBank(*(torch.zeros((s, *w.shape[1:]), dtype=w.dtype) for w in (bank.w1, bank.w3, bank.w2)))
+        self.slot_expert = np.full(s, -1, dtype=np.int64)  # which expert each replica slot holds
+
+    # ---- replicas ------------------------------------------------------------------------------
+    def load_replicas(self, plan: Plan, layer: int) -> None:
+        """Copy the plan's replicas of ``layer`` into their destinations' slots, point to point. The
+        plan is validated first, on every rank alike, so a bad plan is refused before any transfer."""
+        plan.validate()
+        if plan.topology.native.shape != self.topology.native.shape or not np.array_equal(plan.topology.native,
+                                                                                         self.topology.native):
+            raise PlanInvalidError("the plan was made for another placement than this layer's")
+        rep = plan.replicas[plan.replicas[:, 0] == layer][:, 1:]
+        rep = rep[np.lexsort((rep[:, 2], rep[:, 1], rep[:, 0]))]  # (expert, src, dst): the same order everywhere
+        mine = rep[rep[:, 2] == self.rank]
+        if mine.shape[0] > self.topology.slots:
+            raise PlanInvalidError(f"rank {self.rank} gets {mine.shape[0]} replicas, slots={self.topology.slots}")
+        self.slot_expert[:] = -1
+        self.slot_expert[:mine.shape[0]] = mine[:, 0]
+        ops = []  # (isend or irecv, tensor, peer) in the global (expert, src, dst) order
+        for e, src, dst in rep.tolist():
+            if dst == self.rank:
+                j = int(np.flatnonzero(self.slot_expert == e)[0])
+                ops += [(dist.irecv, w[j], src) for w in (self.slot_bank.w1, self.slot_bank.w3, self.slot_bank.w2)]
+            elif src == self.rank:
+                i = int(np.flatnonzero(self.natives == e)[0])
+                ops += [(dist.isend, w[i].contiguous(), dst) for w in (self.native_bank.w1, self.native_bank.w3, self.native_bank.w2)]
+        # one transfer at a time, in the same global order on every rank: copy k waits only on copies
+        # before it, so no cycle can form (no batched p2p: serving engines have hung on it)
+        for fn, tensor, peer in ops:
+            fn(tensor, peer).wait()
+
+    def _held(self, e: int) -> tuple[ExpertBank, int]:
+        i = np.flatnonzero(self.natives == e)
+        if i.size:
+            return self.native_bank, int(i[0])
+        j = np.flatnonzero(self.slot_expert == e)
+        if j.size:
+            return self.slot_bank, int(j[0])
+        raise PlanInvalidError(f"rank {self.rank} was sent tokens of expert {e} but holds no weights for it")
+
+    # ---- forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, rule: DispatchRule, layer: int = 0) -> torch.Tensor:
+        """``x [T, hidden]`` this rank's tokens -> the layer's output for them, dispatched by ``rule``."""
+        G, E, me = self.world, self.topology.num_experts, self.rank
+        gates, ids = torch.topk(torch.softmax(x @ self.router, dim=-1), self.top_k, dim=-1)
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+        flat = ids.reshape(-1)
+        counts = torch.bincount(flat, minlength=E)
+        every = [torch.zeros_like(counts) for _ in range(G)]
+        dist.all_gather(every, counts)
+        counts_all = torch.stack(every).numpy().astype(np.float64)  # [G, E]
+        hosts, _, _ = rule.layer(layer)
+        split = rule.split(layer, counts_all).astype(np.int64)  # [G, E, H]
+        # this rank's assignments sorted by expert; each expert's run cut into its hosts' quotas
+        order = torch.argsort(flat, stable=True).numpy()
+        dst = np.repeat(hosts.reshape(-1), split[me].reshape(-1))  # hosts by (expert, slot): matches the sort
+        by_dst = np.argsort(dst, kind="stable")
+        send_rows = order[by_dst]  # assignment indices, grouped by destination, by expert within it
+        send_sizes = np.bincount(dst, minlength=G)
+        # what this rank receives from each source, by expert: derived from the same split
+        held = hosts == me  # [E, H]
+        recv_by_src_e = (split * held[None]).sum(axis=2)  # [G, E]
+        recv_sizes = recv_by_src_e.sum(axis=1)
+        tok = torch.as_tensor(send_rows // self.top_k)
+        payload = x[tok].contiguous()
+        recv = torch.empty((int(recv_sizes.sum()), x.shape[1]), dtype=x.dtype)
+        dist.all_to_all_single(recv, payload, recv_sizes.tolist(), send_sizes.tolist())
+        # expert of each received row: sources in rank order, experts ascending within each
+        recv_e = np.repeat(np.tile(np.arange(E), G), recv_by_src_e.reshape(-1))
+        out_rows = torch.empty_like(recv)
+        for e in np.unique(recv_e).tolist():
+            rows = torch.as_tensor(np.flatnonzero(recv_e == e))
+            bank, i = self._held(e)
+            out_rows[rows] = bank.expert(i, recv[rows])
+        back = torch.empty_like(payload)
+        dist.all_to_all_single(back, out_rows, send_sizes.tolist(), recv_sizes.tolist())
+        g = gates.reshape(-1)[torch.as_tensor(send_rows)]
+        out = torch.zeros_like(x)
+        out.index_add_(0, tok, back * g[:, None])
+        return out
