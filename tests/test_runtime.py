@@ -85,3 +85,26 @@ def test_distributed_moe_equals_the_reference(world, tmp_path):
             assert err < 1e-5, (name, err)
         replicas += sum(held for _, _, held in res.values())
     assert per_rank[0]["greedy"][1] > 0 and replicas > 0  # the plans did copy experts, and the copies ran
+
+
+@pytest.mark.slow
+def test_probe_run_completes_and_balances(tmp_path, capsys):
+    import json
+
+    from probe_runtime.launcher import main
+
+    out = tmp_path / "metrics.json"
+    assert main(["--nproc", "2", "--steps", "1", "--layers", "2", "--out", str(out)]) == 0
+    recs = json.loads(out.read_text())["records"]
+    by = {(r["policy"], r["layer"]): r for r in recs}
+    assert set(by) == {("static", 0), ("static", 1), ("oracle", 0), ("oracle", 1)}
+    for lay in (0, 1):  # the oracle plan spreads the skewed routing: processed tokens more even
+        assert by[("oracle", lay)]["imbalance"] <= by[("static", lay)]["imbalance"] + 1e-9
+        assert by[("static", lay)]["replicas"] == 0
+
+
+def test_probe_run_refuses_bad_cards_before_spawning(capsys):
+    from probe_runtime.launcher import main
+
+    assert main(["--model", "no-such-card"]) == 2
+    assert capsys.readouterr().err.startswith("probe-run: error:")

@@ -10,7 +10,8 @@ natives and replicas -> combine with the reverse ``all_to_all_single`` -> gate-w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,6 +54,21 @@ def reference_moe(x: torch.Tensor, router: torch.Tensor, bank: ExpertBank, top_k
     return out
 
 
+@dataclass
+class LayerStats:
+    """One rank's times (s) of its layer's last copy and forward: routing and splitting (router,
+    count exchange, dispatch rule), dispatch and combine all-to-alls, expert compute; the tokens it
+    processed, and the real ``[G, E]`` counts it saw."""
+
+    copy_s: float = 0.0
+    route_s: float = 0.0
+    dispatch_s: float = 0.0
+    compute_s: float = 0.0
+    combine_s: float = 0.0
+    tokens_processed: int = 0
+    counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+
 class EPMoELayer:
     """One MoE layer under expert parallelism on the default process group (rank = its rank).
 
@@ -76,6 +92,7 @@ class EPMoELayer:
         s = topology.slots
         self.slot_bank = ExpertBank(*(torch.zeros((s, *w.shape[1:]), dtype=w.dtype) for w in (bank.w1, bank.w3, bank.w2)))
         self.slot_expert = np.full(s, -1, dtype=np.int64)  # which expert each replica slot holds
+        self.stats = LayerStats()  # the last forward's and copy's times on this rank
 
     # ---- replicas ------------------------------------------------------------------------------
     def load_replicas(self, plan: Plan, layer: int) -> None:
@@ -102,8 +119,10 @@ class EPMoELayer:
                 ops += [(dist.isend, w[i].contiguous(), dst) for w in (self.native_bank.w1, self.native_bank.w3, self.native_bank.w2)]
         # one transfer at a time, in the same global order on every rank: copy k waits only on copies
         # before it, so no cycle can form (no batched p2p: serving engines have hung on it)
+        t0 = time.perf_counter()
         for fn, tensor, peer in ops:
             fn(tensor, peer).wait()
+        self.stats.copy_s = time.perf_counter() - t0
 
     def _held(self, e: int) -> tuple[ExpertBank, int]:
         i = np.flatnonzero(self.natives == e)
@@ -115,10 +134,13 @@ class EPMoELayer:
         raise PlanInvalidError(f"rank {self.rank} was sent tokens of expert {e} but holds no weights for it")
 
     # ---- forward -------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, rule: DispatchRule, layer: int = 0) -> torch.Tensor:
-        """``x [T, hidden]`` this rank's tokens -> the layer's output for them, dispatched by ``rule``."""
+    def forward(self, x: torch.Tensor, rule: DispatchRule, layer: int = 0, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [T, hidden]`` this rank's tokens -> the layer's output for them, dispatched by ``rule``
+        (layer ``layer`` of its plan); ``bias [E]`` is added to the router's logits."""
         G, E, me = self.world, self.topology.num_experts, self.rank
-        gates, ids = torch.topk(torch.softmax(x @ self.router, dim=-1), self.top_k, dim=-1)
+        t0 = time.perf_counter()
+        logits = x @ self.router if bias is None else x @ self.router + bias
+        gates, ids = torch.topk(torch.softmax(logits, dim=-1), self.top_k, dim=-1)
         gates = gates / gates.sum(dim=-1, keepdim=True)
         flat = ids.reshape(-1)
         counts = torch.bincount(flat, minlength=E)
@@ -140,7 +162,9 @@ class EPMoELayer:
         tok = torch.as_tensor(send_rows // self.top_k)
         payload = x[tok].contiguous()
         recv = torch.empty((int(recv_sizes.sum()), x.shape[1]), dtype=x.dtype)
+        t1 = time.perf_counter()
         dist.all_to_all_single(recv, payload, recv_sizes.tolist(), send_sizes.tolist())
+        t2 = time.perf_counter()
         # expert of each received row: sources in rank order, experts ascending within each
         recv_e = np.repeat(np.tile(np.arange(E), G), recv_by_src_e.reshape(-1))
         out_rows = torch.empty_like(recv)
@@ -149,8 +173,13 @@ class EPMoELayer:
             bank, i = self._held(e)
             out_rows[rows] = bank.expert(i, recv[rows])
         back = torch.empty_like(payload)
+        t3 = time.perf_counter()
         dist.all_to_all_single(back, out_rows, send_sizes.tolist(), recv_sizes.tolist())
+        t4 = time.perf_counter()
         g = gates.reshape(-1)[torch.as_tensor(send_rows)]
         out = torch.zeros_like(x)
         out.index_add_(0, tok, back * g[:, None])
+        self.stats.route_s, self.stats.dispatch_s, self.stats.compute_s = t1 - t0, t2 - t1, t3 - t2
+        self.stats.combine_s, self.stats.tokens_processed = t4 - t3, int(recv.shape[0])
+        self.stats.counts = counts_all
         return out
