@@ -108,3 +108,64 @@ def test_probe_run_refuses_bad_cards_before_spawning(capsys):
 
     assert main(["--model", "no-such-card"]) == 2
     assert capsys.readouterr().err.startswith("probe-run: error:")
+
+
+def _failing_worker(rank: int, world: int, port: int, out_dir: str, mode: str) -> None:
+    import datetime
+    import time
+
+    from probe_planner import PlanInvalidError
+    from probe_runtime.moe_layer import EPMoELayer, seeded_experts
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=10))
+    topo = make_topology(1, world, 2, slots=1, hidden=HIDDEN, ffn=FFN)
+    E = topo.num_experts
+    layer = EPMoELayer(topo, torch.randn(HIDDEN, E, generator=torch.Generator().manual_seed(1)),
+                       seeded_experts(E, HIDDEN, FFN, seed=2), TOP_K)
+    loads = np.full((world, E), 5.0)
+    loads[:, 0] = 500.0
+    x = torch.randn(TOKENS, HIDDEN, generator=torch.Generator().manual_seed(rank))
+    outcome = []
+    if mode == "bad-plan":
+        moved = np.roll(np.arange(E) // 2, 1)  # a plan for another placement than the layer's
+        other = make_topology(1, world, 2, slots=1, placement=moved, hidden=HIDDEN, ffn=FFN)
+        for step in ("load", "forward"):
+            try:
+                if step == "load":
+                    layer.load_replicas(solve(loads, other, Budget(window_us=np.inf)), 0)
+                else:  # a rule whose replicas were never loaded
+                    layer.forward(x, DispatchRule(solve(loads, topo, Budget(window_us=np.inf))), 0)
+                outcome.append("ran")
+            except PlanInvalidError:
+                outcome.append("refused")
+        dist.barrier()  # every rank refused before any collective: the group still works
+        outcome.append("alive")
+    else:  # killed: rank 1 vanishes; the others must get an error, not hang
+        if rank == 1:
+            os._exit(0)
+        t0 = time.perf_counter()
+        try:
+            plan = solve(loads, topo, Budget(window_us=np.inf))
+            layer.load_replicas(plan, 0)
+            layer.forward(x, DispatchRule(plan), 0)
+            outcome.append("ran")
+        except Exception as exc:  # gloo reports the lost peer as a RuntimeError subclass
+            outcome.append(type(exc).__name__)
+        outcome.append(time.perf_counter() - t0)
+    np.save(os.path.join(out_dir, f"rank{rank}.npy"), np.array(outcome, dtype=object), allow_pickle=True)
+    os._exit(0)  # the group may be broken: skip its teardown
+
+
+@pytest.mark.slow
+def test_a_bad_plan_is_refused_on_every_rank_before_any_collective(tmp_path):
+    mp.start_processes(_failing_worker, args=(2, _free_port(), str(tmp_path), "bad-plan"), nprocs=2, start_method="spawn")
+    for r in range(2):
+        assert list(np.load(tmp_path / f"rank{r}.npy", allow_pickle=True)) == ["refused", "refused", "alive"]
+
+
+@pytest.mark.slow
+def test_a_dead_rank_gives_an_error_not_a_hang(tmp_path):
+    mp.start_processes(_failing_worker, args=(2, _free_port(), str(tmp_path), "killed"), nprocs=2, start_method="spawn")
+    kind, waited = np.load(tmp_path / "rank0.npy", allow_pickle=True)
+    assert kind != "ran" and waited < 30.0

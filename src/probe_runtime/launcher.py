@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 import time
+from datetime import timedelta
 
 import numpy as np
 
@@ -75,7 +76,8 @@ def _worker(rank: int, args: argparse.Namespace, port: int) -> None:
     from .moe_layer import EPMoELayer, seeded_experts
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=args.nproc)
+    # a rank that dies makes the others fail within the timeout instead of hanging
+    dist.init_process_group("gloo", rank=rank, world_size=args.nproc, timeout=timedelta(seconds=args.timeout_s))
     try:
         topo = _topology(args.model, args.cluster, args.nproc)
         sc = SCALES[args.scale]
@@ -165,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--budget-s", type=float, default=0.05, help="the planner's time budget per layer")
     ap.add_argument("--trace-dir", default=None)
     ap.add_argument("--out", default=None, help="write per-step metrics to this JSON file")
+    ap.add_argument("--timeout-s", type=float, default=120.0, help="collectives fail after this long (a dead rank)")
     return ap
 
 

@@ -93,6 +93,7 @@ class EPMoELayer:
         self.slot_bank = ExpertBank(*(torch.zeros((s, *w.shape[1:]), dtype=w.dtype) for w in (bank.w1, bank.w3, bank.w2)))
         self.slot_expert = np.full(s, -1, dtype=np.int64)  # which expert each replica slot holds
         self.stats = LayerStats()  # the last forward's and copy's times on this rank
+        self._loaded: tuple[Plan, int] | None = None  # the plan layer whose replicas the slots hold
 
     # ---- replicas ------------------------------------------------------------------------------
     def load_replicas(self, plan: Plan, layer: int) -> None:
@@ -123,6 +124,7 @@ class EPMoELayer:
         for fn, tensor, peer in ops:
             fn(tensor, peer).wait()
         self.stats.copy_s = time.perf_counter() - t0
+        self._loaded = (plan, layer)
 
     def _held(self, e: int) -> tuple[ExpertBank, int]:
         i = np.flatnonzero(self.natives == e)
@@ -138,6 +140,9 @@ class EPMoELayer:
         """``x [T, hidden]`` this rank's tokens -> the layer's output for them, dispatched by ``rule``
         (layer ``layer`` of its plan); ``bias [E]`` is added to the router's logits."""
         G, E, me = self.world, self.topology.num_experts, self.rank
+        # refused before any collective, alike on every rank: the slots must hold this plan's replicas
+        if self._loaded is None or self._loaded[0] is not rule.plan or self._loaded[1] != layer:
+            raise PlanInvalidError(f"forward under a plan layer whose replicas are not loaded: call load_replicas(plan, {layer}) first")
         t0 = time.perf_counter()
         logits = x @ self.router if bias is None else x @ self.router + bias
         gates, ids = torch.topk(torch.softmax(logits, dim=-1), self.top_k, dim=-1)
