@@ -33,7 +33,30 @@ def _cases(world: int):
     other = rng.poisson(rng.uniform(1, 40, size=(world, topo.num_experts))).astype(float)
     return [("static", topo, None, "static", np.inf), ("greedy", topo, None, "greedy", np.inf),
             ("mispredicted", topo, other, "greedy", np.inf),
-            ("two-nodes", make_topology(2, world // 2, 2, slots=1, hidden=HIDDEN, ffn=FFN), other, "greedy", np.inf)]
+            ("two-nodes", make_topology(2, world // 2, 2, slots=1, hidden=HIDDEN, ffn=FFN), other, "greedy", np.inf),
+            ("many-copies", make_topology(1, world, 2, slots=3, hidden=HIDDEN, ffn=FFN), None, "hand", np.inf)]
+
+
+def _many_copies_plan(topo, real):
+    """Every rank sends both its natives to the next rank and (more than 2 ranks) its first to the one
+    after: every rank sends and receives several copies, two per neighbouring pair; tokens split
+    half native, half first replica."""
+    from probe_planner import Plan
+
+    G = topo.num_ranks
+    pairs = ((0, 1), (1, 1), (0, 2)) if G > 2 else ((0, 1), (1, 1))  # (which native, how far on)
+    rep = [(0, 2 * r + i, r, (r + k) % G) for r in range(G) for i, k in pairs]
+    idx, tok = [], []
+    for e in range(topo.num_experts):
+        dst = [d for _, ee, _, d in rep if ee == e]
+        for s_ in range(G):
+            n = real[s_, e]
+            first = np.floor(n / 2)
+            idx += [(0, s_, e, e // 2), (0, s_, e, dst[0])]
+            tok += [first, n - first]
+    keep = np.array(tok) > 0
+    return Plan(topo, Budget(window_us=np.inf), real[None], np.array(rep), np.array(idx)[keep], np.array(tok)[keep],
+                solver="hand", solve_time_s=0.0).validate()
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -57,7 +80,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             real = np.stack([np.bincount(torch.topk(torch.softmax(xr @ router, -1), TOP_K, -1)[1].reshape(-1).numpy(),
                                          minlength=E) for xr in xs]).astype(float)
             # planned for a serving-size batch with these proportions (48 tokens a rank would not pay for a copy)
-            plan = solve(50 * (real if predicted is None else predicted), topo, Budget(window_us=window), solver=solver)
+            plan = _many_copies_plan(topo, real) if solver == "hand" else \
+                solve(50 * (real if predicted is None else predicted), topo, Budget(window_us=window), solver=solver)
             layer = EPMoELayer(topo, router, bank, TOP_K)
             layer.load_replicas(plan, 0)
             for j, e in enumerate(layer.slot_expert.tolist()):  # copies are bit-identical to the source
