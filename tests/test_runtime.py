@@ -127,6 +127,20 @@ def test_probe_run_completes_and_balances(tmp_path, capsys):
         assert by[("static", lay)]["replicas"] == 0
 
 
+@pytest.mark.slow
+def test_probe_run_history_overlaps_the_next_layers_copies(tmp_path):
+    import json
+
+    from probe_runtime.launcher import main
+
+    out = tmp_path / "metrics.json"
+    assert main(["--nproc", "2", "--steps", "1", "--layers", "2", "--policy", "history", "--out", str(out)]) == 0
+    recs = [r for r in json.loads(out.read_text())["records"] if r["policy"] == "history"]
+    assert {r["layer"] for r in recs} == {0, 1}
+    for r in recs:  # the wait for a layer's copies never exceeds how long they took
+        assert 0.0 <= r["copy_exposed_s"] <= r["copy_s"] + 0.05
+
+
 def test_probe_run_refuses_bad_cards_before_spawning(capsys):
     from probe_runtime.launcher import main
 

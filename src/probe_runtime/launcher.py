@@ -91,9 +91,18 @@ def _worker(rank: int, args: argparse.Namespace, port: int) -> None:
         budget = Budget(window_us=args.window_us)
         records = []
         history: dict[int, np.ndarray] = {}
+        def planned(policy: str, counts: np.ndarray | None):
+            box = [None, 0.0]
+            if rank == 0:
+                box = list(_plan(policy, counts, topo, args.window_us, args.solver, args.budget_s))
+            dist.broadcast_object_list(box, src=0)  # every rank runs rank 0's plan
+            (rep, idx, tok, loads, solver), plan_s = box
+            return Plan(topo, budget, loads, rep, idx, tok, solver=solver, solve_time_s=plan_s)
+
         for policy in ("static", args.policy) if args.policy != "static" else ("static",):
             for step in range(-1, args.steps):  # step -1 warms up (kernels load, buffers fault in): not recorded
                 x = torch.randn(sc["tokens"], sc["hidden"], generator=torch.Generator().manual_seed(1000 * step + rank))
+                plans, jobs = {}, {}
                 for lay, (layer, b) in enumerate(layers):
                     # the batch's real counts before the layer: what an oracle plans for
                     local = torch.bincount(torch.topk(torch.softmax(x @ layer.router + b, -1), k, -1)[1].reshape(-1),
@@ -101,31 +110,31 @@ def _worker(rank: int, args: argparse.Namespace, port: int) -> None:
                     every = [torch.zeros_like(local) for _ in range(args.nproc)]
                     dist.all_gather(every, local)
                     now = torch.stack(every).numpy().astype(np.float64)
-                    counts = {"static": None, "oracle": now, "history": history.get(lay)}[policy]
-                    box = [None, 0.0]
-                    if rank == 0:
-                        box = list(_plan(policy, counts, topo, args.window_us, args.solver, args.budget_s))
-                    dist.broadcast_object_list(box, src=0)
-                    (rep, idx, tok, loads, solver), plan_s = box
-                    plan = Plan(topo, budget, loads, rep, idx, tok, solver=solver, solve_time_s=plan_s)
-                    layer.load_replicas(plan, 0)
+                    if lay not in plans:  # oracle (needs this layer's counts), or the first layer: nothing to overlap
+                        plans[lay] = planned(policy, {"static": None, "oracle": now, "history": history.get(lay)}[policy])
+                        jobs[lay] = layer.start_replicas(plans[lay], 0)
+                    if policy != "oracle" and lay + 1 < len(layers):  # known ahead: copy layer l+1's replicas now
+                        plans[lay + 1] = planned(policy, None if policy == "static" else history.get(lay + 1))
+                        jobs[lay + 1] = layers[lay + 1][0].start_replicas(plans[lay + 1], 0)
+                    layer.finish_replicas(jobs[lay])  # waits only for what this layer's compute did not cover
+                    plan = plans[lay]
                     y = layer.forward(x, DispatchRule(plan), 0, bias=b)
                     history[lay] = layer.stats.counts
-                    st = layer.stats
-                    mine = torch.tensor([st.copy_s, st.route_s, st.dispatch_s, st.compute_s, st.combine_s,
-                                         st.tokens_processed], dtype=torch.float64)
-                    allv = [torch.zeros_like(mine) for _ in range(args.nproc)]
-                    dist.all_gather(allv, mine)
-                    m = torch.stack(allv).numpy()
-                    proc = m[:, 5]
                     if step < 0:
                         x = x + y
                         continue
-                    records.append({"policy": policy, "step": step, "layer": lay, "plan_s": plan_s,
-                                    "copy_s": m[:, 0].max(), "route_s": m[:, 1].max(), "dispatch_s": m[:, 2].max(),
-                                    "compute_s": m[:, 3].max(), "combine_s": m[:, 4].max(),
+                    st = layer.stats
+                    mine = torch.tensor([st.copy_s, st.copy_exposed_s, st.route_s, st.dispatch_s, st.compute_s,
+                                         st.combine_s, st.tokens_processed], dtype=torch.float64)
+                    allv = [torch.zeros_like(mine) for _ in range(args.nproc)]
+                    dist.all_gather(allv, mine)
+                    m = torch.stack(allv).numpy()
+                    proc = m[:, 6]
+                    records.append({"policy": policy, "step": step, "layer": lay, "plan_s": plan.solve_time_s,
+                                    "copy_s": m[:, 0].max(), "copy_exposed_s": m[:, 1].max(), "route_s": m[:, 2].max(),
+                                    "dispatch_s": m[:, 3].max(), "compute_s": m[:, 4].max(), "combine_s": m[:, 5].max(),
                                     "imbalance": float(proc.max() / proc.mean()) if proc.mean() > 0 else 1.0,
-                                    "replicas": int(rep.shape[0])})
+                                    "replicas": int(plan.num_replicas)})
                     x = x + y
         if rank == 0:
             _report(records, args)
@@ -137,16 +146,21 @@ def _report(records: list[dict], args: argparse.Namespace) -> None:
     print(f"probe-run: {args.nproc} gloo processes, {args.model} ({args.scale} weights), {args.layers} layers x "
           f"{args.steps} steps, solver {args.solver}, window {args.window_us:g} us; times are ms per layer, "
           "max over ranks, mean over steps (CPU: compute and gloo all-to-alls, not GPU times)")
-    print(f"{'policy':<8} {'layer':>5} {'plan':>7} {'copy':>7} {'route':>7} {'dispatch':>8} {'compute':>8} "
+    print(f"{'policy':<8} {'layer':>5} {'plan':>7} {'copy':>7} {'exposed':>7} {'route':>7} {'dispatch':>8} {'compute':>8} "
           f"{'combine':>8} {'imbalance':>9} {'replicas':>8}")
     keys = sorted({(r["policy"], r["layer"]) for r in records}, key=lambda t: (POLICIES.index(t[0]), t[1]))
     for pol, lay in keys:
         rs = [r for r in records if r["policy"] == pol and r["layer"] == lay]
         mean = {f: float(np.mean([r[f] for r in rs])) for f in rs[0] if f not in ("policy", "step", "layer")}
-        print(f"{pol:<8} {lay:>5} {mean['plan_s'] * 1e3:7.2f} {mean['copy_s'] * 1e3:7.2f} {mean['route_s'] * 1e3:7.2f} "
+        print(f"{pol:<8} {lay:>5} {mean['plan_s'] * 1e3:7.2f} {mean['copy_s'] * 1e3:7.2f} {mean['copy_exposed_s'] * 1e3:7.2f} "
+              f"{mean['route_s'] * 1e3:7.2f} "
               f"{mean['dispatch_s'] * 1e3:8.2f} {mean['compute_s'] * 1e3:8.2f} {mean['combine_s'] * 1e3:8.2f} "
               f"{mean['imbalance']:9.3f} {mean['replicas']:8.1f}")
-    print("copies are not yet overlapped with compute: all copy time is exposed (hidden 0%)")
+    copy = sum(r["copy_s"] for r in records)
+    exposed = sum(min(r["copy_exposed_s"], r["copy_s"]) for r in records)
+    print(f"copy time hidden behind compute: {100 * (1 - exposed / copy) if copy > 0 else 100:.0f}% "
+          "(layer l+1's copies run during layer l when its plan is known ahead: history, static; oracle plans "
+          "need the layer's own counts, so its copies are exposed)")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"args": vars(args), "records": records}, fh, default=float)

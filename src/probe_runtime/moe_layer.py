@@ -10,6 +10,7 @@ natives and replicas -> combine with the reverse ``all_to_all_single`` -> gate-w
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -55,12 +56,26 @@ def reference_moe(x: torch.Tensor, router: torch.Tensor, bank: ExpertBank, top_k
 
 
 @dataclass
+class CopyJob:
+    """Replica copies in flight (:meth:`EPMoELayer.start_replicas`)."""
+
+    plan: Plan
+    layer: int
+    slot_expert: np.ndarray
+    thread: threading.Thread | None = None
+    copy_s: float = 0.0
+    error: BaseException | None = None
+
+
+@dataclass
 class LayerStats:
-    """One rank's times (s) of its layer's last copy and forward: routing and splitting (router,
+    """One rank's times (s) of its layer's last copy (and the part of it nothing overlapped) and
+    forward: routing and splitting (router,
     count exchange, dispatch rule), dispatch and combine all-to-alls, expert compute; the tokens it
     processed, and the real ``[G, E]`` counts it saw."""
 
     copy_s: float = 0.0
+    copy_exposed_s: float = 0.0
     route_s: float = 0.0
     dispatch_s: float = 0.0
     compute_s: float = 0.0
@@ -94,11 +109,15 @@ class EPMoELayer:
         self.slot_expert = np.full(s, -1, dtype=np.int64)  # which expert each replica slot holds
         self.stats = LayerStats()  # the last forward's and copy's times on this rank
         self._loaded: tuple[Plan, int] | None = None  # the plan layer whose replicas the slots hold
+        self.copy_group = dist.new_group(backend="gloo")  # every rank builds its layers in the same order
 
     # ---- replicas ------------------------------------------------------------------------------
-    def load_replicas(self, plan: Plan, layer: int) -> None:
-        """Copy the plan's replicas of ``layer`` into their destinations' slots, point to point. The
-        plan is validated first, on every rank alike, so a bad plan is refused before any transfer."""
+    def start_replicas(self, plan: Plan, layer: int) -> CopyJob:
+        """Start copying the plan's replicas of ``layer`` into this layer's slots, point to point on
+        the layer's own process group (so the copies never queue behind the all-to-alls), in a
+        background thread: the caller computes meanwhile and calls :meth:`finish_replicas`. The plan
+        is validated first, on every rank alike, so a bad plan is refused before any transfer; until
+        the copies finish, :meth:`forward` refuses to run on these slots."""
         plan.validate()
         if plan.topology.native.shape != self.topology.native.shape or not np.array_equal(plan.topology.native,
                                                                                          self.topology.native):
@@ -108,23 +127,49 @@ class EPMoELayer:
         mine = rep[rep[:, 2] == self.rank]
         if mine.shape[0] > self.topology.slots:
             raise PlanInvalidError(f"rank {self.rank} gets {mine.shape[0]} replicas, slots={self.topology.slots}")
-        self.slot_expert[:] = -1
-        self.slot_expert[:mine.shape[0]] = mine[:, 0]
+        slot_expert = np.full(self.topology.slots, -1, dtype=np.int64)
+        slot_expert[:mine.shape[0]] = mine[:, 0]
         ops = []  # (isend or irecv, tensor, peer) in the global (expert, src, dst) order
         for e, src, dst in rep.tolist():
             if dst == self.rank:
-                j = int(np.flatnonzero(self.slot_expert == e)[0])
+                j = int(np.flatnonzero(slot_expert == e)[0])
                 ops += [(dist.irecv, w[j], src) for w in (self.slot_bank.w1, self.slot_bank.w3, self.slot_bank.w2)]
             elif src == self.rank:
                 i = int(np.flatnonzero(self.natives == e)[0])
                 ops += [(dist.isend, w[i].contiguous(), dst) for w in (self.native_bank.w1, self.native_bank.w3, self.native_bank.w2)]
-        # one transfer at a time, in the same global order on every rank: copy k waits only on copies
-        # before it, so no cycle can form (no batched p2p: serving engines have hung on it)
+        self._loaded = None  # the slots are being overwritten
+        job = CopyJob(plan, layer, slot_expert)
+
+        def run() -> None:
+            # one transfer at a time, in the same global order on every rank: copy k waits only on
+            # copies before it, so no cycle can form (no batched p2p: serving engines have hung on it)
+            t0 = time.perf_counter()
+            try:
+                for fn, tensor, peer in ops:
+                    fn(tensor, peer, group=self.copy_group).wait()
+            except Exception as exc:  # surfaced by finish_replicas
+                job.error = exc
+            job.copy_s = time.perf_counter() - t0
+
+        job.thread = threading.Thread(target=run, name=f"replica-copies-rank{self.rank}", daemon=True)
+        job.thread.start()
+        return job
+
+    def finish_replicas(self, job: CopyJob) -> None:
+        """Wait for :meth:`start_replicas`' copies; the slots then hold that plan layer's replicas.
+        Records the copy time and the part of it the caller waited for (exposed)."""
         t0 = time.perf_counter()
-        for fn, tensor, peer in ops:
-            fn(tensor, peer).wait()
-        self.stats.copy_s = time.perf_counter() - t0
-        self._loaded = (plan, layer)
+        job.thread.join()
+        self.stats.copy_exposed_s = time.perf_counter() - t0
+        if job.error is not None:
+            raise job.error
+        self.stats.copy_s = job.copy_s
+        self.slot_expert[:] = job.slot_expert
+        self._loaded = (job.plan, job.layer)
+
+    def load_replicas(self, plan: Plan, layer: int) -> None:
+        """Copy the plan's replicas of ``layer`` into the slots and wait (no overlap)."""
+        self.finish_replicas(self.start_replicas(plan, layer))
 
     def _held(self, e: int) -> tuple[ExpertBank, int]:
         i = np.flatnonzero(self.natives == e)
