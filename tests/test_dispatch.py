@@ -72,3 +72,14 @@ def test_bad_counts_are_refused():
             rule.split(0, bad)
     with pytest.raises(LoadsError, match="layer 1 out of range"):
         rule.split(1, np.ones((2, 4)))
+
+
+def test_counts_too_large_for_int64_products_take_the_float_path():
+    topo = make_topology(1, 2, 2, slots=1)
+    loads = np.full((2, 4), 2.0**30)
+    loads[:, 0] = 2.0**40
+    rule = DispatchRule(solve(loads, topo, Budget(window_us=np.inf)))
+    real = np.full((2, 4), 2.0**40)  # counts x planned tokens beyond 2**62
+    out = rule.split(0, real)
+    np.testing.assert_array_equal(out.sum(axis=2), real)
+    assert np.all(out >= 0)

@@ -141,11 +141,14 @@ def test_probe_run_history_overlaps_the_next_layers_copies(tmp_path):
         assert 0.0 <= r["copy_exposed_s"] <= r["copy_s"] + 0.05
 
 
-def test_probe_run_refuses_bad_cards_before_spawning(capsys):
+@pytest.mark.parametrize("argv", [["--model", "no-such-card"], ["--nproc", "0"], ["--nproc", "3"], ["--solver", "magic"],
+                                  ["--budget-s", "-1"], ["--timeout-s", "nan"]])
+def test_probe_run_refuses_bad_arguments_before_spawning(argv, capsys):
     from probe_runtime.launcher import main
 
-    assert main(["--model", "no-such-card"]) == 2
-    assert capsys.readouterr().err.startswith("probe-run: error:")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("probe-run: error:") and len(err.strip().splitlines()) == 1
 
 
 def _failing_worker(rank: int, world: int, port: int, out_dir: str, mode: str) -> None:

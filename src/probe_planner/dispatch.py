@@ -79,7 +79,8 @@ class DispatchRule:
             raise LoadsError("counts must be finite and >= 0")
         total = w.sum(axis=2, keepdims=True)
         whole = bool(np.all(c == np.floor(c)))
-        if whole and self.integral:  # exact integer arithmetic: the planned counts give the plan back
+        if whole and self.integral and c.max(initial=0.0) * w.max(initial=0.0) < 2.0**62:  # exact in int64:
+            # the planned counts give the plan back
             ti = total.astype(np.int64)
             out = ((c.astype(np.int64)[:, :, None] * w.astype(np.int64)) // np.maximum(ti, 1)).astype(np.float64)
         else:

@@ -87,7 +87,8 @@ def _worker(rank: int, args: argparse.Namespace, port: int) -> None:
         for lay in range(args.layers):
             router = torch.randn(sc["hidden"], E, generator=torch.Generator().manual_seed(10 + lay)) * 0.02
             bank = seeded_experts(E, sc["hidden"], sc["ffn"], seed=100 + lay)
-            layers.append((EPMoELayer(topo, router, bank, k), torch.as_tensor(bias[lay], dtype=torch.float32)))
+            layers.append((EPMoELayer(topo, router, bank, k, timedelta(seconds=args.timeout_s)),
+                           torch.as_tensor(bias[lay], dtype=torch.float32)))
         budget = Budget(window_us=args.window_us)
         records = []
         history: dict[int, np.ndarray] = {}
@@ -186,13 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from probe_planner import PlannerError
+    from probe_planner import Budget, PlannerError
+    from probe_planner.solvers import get_solver
 
     args = build_parser().parse_args(argv)
-    try:
-        _topology(args.model, args.cluster, args.nproc)  # refuse bad cards before spawning
+    try:  # everything a rank could refuse, refused here before spawning
         if args.nproc < 1 or args.layers < 1 or args.steps < 1:
             raise PlannerError("--nproc, --layers and --steps must be >= 1")
+        topo = _topology(args.model, args.cluster, args.nproc)
+        if topo.num_experts % args.nproc:
+            raise PlannerError(f"--nproc {args.nproc} must divide the model's {topo.num_experts} experts")
+        get_solver(args.solver)
+        Budget(window_us=args.window_us, time_limit_s=args.budget_s)
+        Budget(window_us=0.0, time_limit_s=args.timeout_s)
     except PlannerError as exc:
         print(f"probe-run: error: {exc}", file=sys.stderr)
         return 2

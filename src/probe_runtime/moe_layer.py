@@ -1,4 +1,5 @@
-"""An expert-parallel MoE layer that executes probe-planner plans (torch.distributed: gloo or NCCL).
+"""An expert-parallel MoE layer that executes probe-planner plans (torch.distributed; CPU tensors and
+gloo for now — the NCCL/CUDA path, with a CUDA stream for the copies, is not written yet).
 
 Each rank holds its native experts' SwiGLU weights and ``slots`` replica buffers. A forward pass:
 router -> top-k -> count exchange (one all-gather of the ``[E]`` counts per rank) -> the plan's
@@ -13,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -94,7 +96,8 @@ class EPMoELayer:
     :meth:`forward` runs a batch under it.
     """
 
-    def __init__(self, topology: Topology, router: torch.Tensor, bank: ExpertBank, top_k: int) -> None:
+    def __init__(self, topology: Topology, router: torch.Tensor, bank: ExpertBank, top_k: int,
+                 timeout: timedelta = timedelta(minutes=2)) -> None:
         self.topology = topology
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
@@ -109,7 +112,10 @@ class EPMoELayer:
         self.slot_expert = np.full(s, -1, dtype=np.int64)  # which expert each replica slot holds
         self.stats = LayerStats()  # the last forward's and copy's times on this rank
         self._loaded: tuple[Plan, int] | None = None  # the plan layer whose replicas the slots hold
-        self.copy_group = dist.new_group(backend="gloo")  # every rank builds its layers in the same order
+        # the copies' own group (every rank builds its layers in the same order); a peer that stalls
+        # fails it within ``timeout`` instead of gloo's 30-minute default
+        self.copy_group = dist.new_group(backend="gloo", timeout=timeout)
+        self._job: CopyJob | None = None  # copies in flight on this layer's slots
 
     # ---- replicas ------------------------------------------------------------------------------
     def start_replicas(self, plan: Plan, layer: int) -> CopyJob:
@@ -118,15 +124,15 @@ class EPMoELayer:
         background thread: the caller computes meanwhile and calls :meth:`finish_replicas`. The plan
         is validated first, on every rank alike, so a bad plan is refused before any transfer; until
         the copies finish, :meth:`forward` refuses to run on these slots."""
+        if self._job is not None:
+            raise PlanInvalidError("copies into this layer's slots are still in flight: finish_replicas first")
         plan.validate()
         if plan.topology.native.shape != self.topology.native.shape or not np.array_equal(plan.topology.native,
                                                                                          self.topology.native):
             raise PlanInvalidError("the plan was made for another placement than this layer's")
         rep = plan.replicas[plan.replicas[:, 0] == layer][:, 1:]
         rep = rep[np.lexsort((rep[:, 2], rep[:, 1], rep[:, 0]))]  # (expert, src, dst): the same order everywhere
-        mine = rep[rep[:, 2] == self.rank]
-        if mine.shape[0] > self.topology.slots:
-            raise PlanInvalidError(f"rank {self.rank} gets {mine.shape[0]} replicas, slots={self.topology.slots}")
+        mine = rep[rep[:, 2] == self.rank]  # at most `slots` of them: validate() checked
         slot_expert = np.full(self.topology.slots, -1, dtype=np.int64)
         slot_expert[:mine.shape[0]] = mine[:, 0]
         ops = []  # (isend or irecv, tensor, peer) in the global (expert, src, dst) order
@@ -153,13 +159,17 @@ class EPMoELayer:
 
         job.thread = threading.Thread(target=run, name=f"replica-copies-rank{self.rank}", daemon=True)
         job.thread.start()
+        self._job = job
         return job
 
     def finish_replicas(self, job: CopyJob) -> None:
         """Wait for :meth:`start_replicas`' copies; the slots then hold that plan layer's replicas.
         Records the copy time and the part of it the caller waited for (exposed)."""
+        if job is not self._job:
+            raise PlanInvalidError("finish_replicas got a copy job of another layer")
         t0 = time.perf_counter()
         job.thread.join()
+        self._job = None
         self.stats.copy_exposed_s = time.perf_counter() - t0
         if job.error is not None:
             raise job.error

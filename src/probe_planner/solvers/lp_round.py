@@ -13,7 +13,7 @@ from ..problem import Problem
 from ..window import copies_fit_np
 from . import SolverResult
 from .greedy import prepare
-from .layers import LayerPlan, finish, greedy_fallback, greedy_first, model_size, remaining, too_short_for_lp
+from .layers import LayerPlan, finish, greedy_fallback, greedy_first, model_size, overrun_s, phase_fits, remaining, too_short_for_lp
 from .lp_backends import lp_solver_for, solve_highs
 from .milp_model import LayerModel, build_layer_model, copies_active
 from .placement_search import improve_placement
@@ -82,11 +82,12 @@ def lp_round_layer(prob: Problem, lay: int, parts: list[LayerPlan], time_s: floa
     start = time.perf_counter()
     end = min(prob.deadline, start + time_s)
     cols = model_size(prob, lay)
-    if min(time_s, remaining(prob.deadline)) < lp_seconds(cols, lp_solver_for(prob.topology.num_nodes, cols) == "ipm"):
+    lp_solver = lp_solver_for(prob.topology.num_nodes, cols)
+    if min(time_s, remaining(prob.deadline)) < lp_seconds(cols, lp_solver == "ipm") or not phase_fits(prob, time_s, cols):
         return -math.inf
     m = copies_active(build_layer_model(prob.loads[lay], prob.topology, prob.windows_us, prob.params))
-    sol = solve_highs(m, 0.85 * remaining(end), relax=True, deadline=end,  # margin: HiGHS overruns its limit a little
-                      lp_solver=lp_solver_for(prob.topology.num_nodes, m.num_cols))
+    lp_end = end - overrun_s(m.num_cols, lp_solver)  # HiGHS answers its interrupt a little late
+    sol = solve_highs(m, 0.85 * remaining(lp_end), relax=True, deadline=lp_end, lp_solver=lp_solver)
     if sol.x is None or remaining(end) <= 0:
         return sol.bound
     zval = sol.x[m.z0:m.y0]

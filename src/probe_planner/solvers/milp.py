@@ -12,7 +12,7 @@ from ..problem import Problem
 from . import SolverResult
 from .decode import parts_from_solution, warm_start
 from .greedy import prepare
-from .layers import OVERRUN_PER_COLUMN, LayerPlan, finish, greedy_fallback, greedy_first, model_size, phase_fits, remaining, too_short_for_lp
+from .layers import LayerPlan, finish, greedy_fallback, greedy_first, model_size, overrun_s, phase_fits, remaining, too_short_for_lp
 from .lp_backends import BACKENDS, backend_cost, get_backend, lp_solver_for
 from .milp_model import build_layer_model
 from .registry import Option, register
@@ -44,9 +44,7 @@ def milp_layers(prob: Problem, parts: list[LayerPlan], backend: str, mip_rel_gap
         # Margins: backends overrun their limit by ~15% plus ~2.5 us per column (measured: HiGHS given
         # 35 ms on a 64x8 layer returns after 41 ms), and the answer must still be extracted.
         lp_solver = lp_solver_for(prob.topology.num_nodes, m.num_cols)
-        # the interior point answers HiGHS's interrupts less often: 256x64 given 0.73 s returned after 1.0 s
-        overrun = OVERRUN_PER_COLUMN * m.num_cols * (4.0 if lp_solver == "ipm" else 1.0)
-        limit = 0.85 * remaining(prob.deadline) / (L - lay) - overrun
+        limit = 0.85 * remaining(prob.deadline) / (L - lay) - overrun_s(m.num_cols, lp_solver)
         if limit <= 0:
             short += 1
             continue
