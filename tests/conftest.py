@@ -27,9 +27,9 @@ def trace_dir() -> Path:
 
 
 def make_topology(nodes: int, rpn: int, experts_per_rank: int, slots: int, placement=None,
-                  hidden: int = 1024, ffn: int = 512) -> Topology:
+                  hidden: int = 1024, ffn: int = 512, top_k: int = 1) -> Topology:
     g = nodes * rpn
-    model = ModelShape(name="test", num_experts=g * experts_per_rank, top_k=1, hidden=hidden, expert_ffn=ffn)
+    model = ModelShape(name="test", num_experts=g * experts_per_rank, top_k=top_k, hidden=hidden, expert_ffn=ffn)
     return Topology(num_ranks=g, ranks_per_node=rpn, intra_node_bw=450e9, inter_node_bw=50e9,
                     peak_flops=989.5e12, hbm_bw=3.35e12, model=model, slots=slots, placement=placement)
 

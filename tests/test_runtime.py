@@ -60,7 +60,7 @@ def _many_copies_plan(topo, real):
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    from probe_runtime.moe_layer import EPMoELayer, reference_moe, seeded_experts
+    from probe_runtime import EPMoELayer, reference_moe, seeded_experts
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -156,7 +156,7 @@ def _failing_worker(rank: int, world: int, port: int, out_dir: str, mode: str) -
     import time
 
     from probe_planner import PlanInvalidError
-    from probe_runtime.moe_layer import EPMoELayer, seeded_experts
+    from probe_runtime import EPMoELayer, seeded_experts
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=10))
@@ -210,3 +210,100 @@ def test_a_dead_rank_gives_an_error_not_a_hang(tmp_path):
     mp.start_processes(_failing_worker, args=(2, _free_port(), str(tmp_path), "killed"), nprocs=2, start_method="spawn")
     kind, waited = np.load(tmp_path / "rank0.npy", allow_pickle=True)
     assert kind != "ran" and waited < 30.0
+
+
+def _stack_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    from probe_runtime import EmbeddedPlanner, MoEStack, StackWeights
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    results = {}
+    try:
+        topo = make_topology(1, world, 2, slots=2, hidden=HIDDEN, ffn=FFN, top_k=TOP_K)
+        E = topo.num_experts
+        bias = np.zeros((3, E))
+        bias[:, 0], bias[1, 1] = 2.5, 2.0  # hot experts: the plans copy them
+        weights = StackWeights.seeded(E, HIDDEN, FFN, bias, seed=5)
+        for policy in ("static", "history", "oracle"):
+            for replicated in (False, True):
+                planner = EmbeddedPlanner(topo, Budget(window_us=np.inf), "greedy", replicated=replicated)
+                stack = MoEStack(topo, weights, planner, policy, chunk_bytes=256)
+                errs, reps = [], 0
+                for step in range(3):  # history plans from the batch before: loads that differ from the real ones
+                    xs = [torch.randn(TOKENS, HIDDEN, generator=torch.Generator().manual_seed(10 * step + r)) for r in range(world)]
+                    y, recs = stack.step(xs[rank])
+                    errs.append(float((y - weights.reference(xs[rank], TOP_K)).abs().max()))
+                    reps += sum(r.replicas for r in recs)
+                stack.close()
+                results[(policy, replicated)] = (max(errs), reps, planner.agreed)
+    finally:
+        np.save(os.path.join(out_dir, f"rank{rank}.npy"), np.array([results], dtype=object), allow_pickle=True)
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 4])
+def test_the_stack_equals_the_reference_under_every_policy(world, tmp_path):
+    """Three layers on two buffers (layer 2 overwrites layer 0's replicas), next layers copied during
+    this one, chunked copies: the output is the single-process stack's for static, history and oracle
+    plans, rank 0's plan broadcast or every rank planning."""
+    mp.start_processes(_stack_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, start_method="spawn")
+    for r in range(world):
+        res = np.load(tmp_path / f"rank{r}.npy", allow_pickle=True)[0]
+        assert len(res) == 6
+        for (policy, _), (err, reps, agreed) in res.items():
+            assert err < 1e-4, (policy, err)
+            assert (reps == 0) == (policy == "static") and agreed
+
+
+def _pause_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import time
+
+    from probe_planner import PlanInvalidError
+    from probe_runtime import EPMoELayer, SlotPool, seeded_experts
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    out = []
+    try:
+        topo = make_topology(1, world, 2, slots=3, hidden=HIDDEN, ffn=FFN)
+        E = topo.num_experts
+        banks = [seeded_experts(E, HIDDEN, FFN, seed=s) for s in (2, 3, 4)]
+        router = torch.randn(HIDDEN, E, generator=torch.Generator().manual_seed(1))
+        pool = SlotPool(topo.slots, banks[0], buffers=2, chunk_bytes=64)
+        layers = [EPMoELayer(topo, router, b, TOP_K, pool=pool, index=i) for i, b in enumerate(banks)]
+        real = np.full((world, E), 10.0)
+        plan = _many_copies_plan(topo, real)
+        # paused right after the start: the copies make no progress until resumed
+        pool.copier.pause()
+        job = layers[0].start_replicas(plan, 0)
+        time.sleep(0.3)
+        out.append(job.done.is_set())
+        pool.copier.resume()
+        layers[0].finish_replicas(job)
+        out.append(layers[0].stats.copy_paused_s > 0.1)
+        layers[1].load_replicas(plan, 0)  # the other buffer: layer 0's replicas stay
+        x = torch.randn(TOKENS, HIDDEN, generator=torch.Generator().manual_seed(rank))
+        layers[0].forward(x, DispatchRule(plan), 0)
+        out.append(bool((layers[0].slot_expert >= 0).any()))
+        layers[2].load_replicas(plan, 0)  # layer 2 shares layer 0's buffer: its replicas are gone
+        out.append(bool((layers[0].slot_expert >= 0).any()))
+        try:
+            layers[0].forward(x, DispatchRule(plan), 0)
+            out.append("ran")
+        except PlanInvalidError:
+            out.append("refused")
+        ok = all(torch.equal(ws[j], wb[e]) for j, e in enumerate(layers[2].slot_expert.tolist()) if e >= 0
+                 for ws, wb in zip(layers[2].slot_bank.tensors, banks[2].tensors, strict=True))
+        out.append(ok)
+        dist.barrier()
+    finally:
+        np.save(os.path.join(out_dir, f"rank{rank}.npy"), np.array(out, dtype=object), allow_pickle=True)
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_paused_copies_wait_and_shared_buffers_refuse_overwritten_replicas(tmp_path):
+    mp.start_processes(_pause_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    for r in range(2):
+        assert list(np.load(tmp_path / f"rank{r}.npy", allow_pickle=True)) == [False, True, True, False, "refused", True]

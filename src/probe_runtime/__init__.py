@@ -1,3 +1,18 @@
 """probe-runtime: torch.distributed execution of probe-planner plans. Depends on probe_planner, never
-the reverse. So far :mod:`probe_runtime.moe_layer` (the expert-parallel MoE layer that dispatches by
-a plan's :class:`probe_planner.DispatchRule` and copies its replicas)."""
+the reverse.
+
+- :class:`EPMoELayer` — the expert-parallel MoE layer that dispatches by a plan's
+  :class:`probe_planner.DispatchRule` and copies its replicas split-phase into a :class:`SlotPool`;
+- :class:`MoEStack` — attention + MoE layers under a policy (static, history, oracle) with the next
+  layer's copies overlapped with this layer's compute; :class:`EmbeddedPlanner` plans each layer;
+- ``probe-run`` (:mod:`probe_runtime.launcher`) spawns the processes and reports.
+"""
+
+from .experts import ExpertBank, reference_moe, seeded_experts
+from .moe_layer import EPMoELayer, LayerStats, Routed
+from .planner import EmbeddedPlanner
+from .slots import SlotPool
+from .stack import POLICIES, MoEStack, StackWeights
+
+__all__ = ["POLICIES", "EPMoELayer", "EmbeddedPlanner", "ExpertBank", "LayerStats", "MoEStack", "Routed", "SlotPool",
+           "StackWeights", "reference_moe", "seeded_experts"]

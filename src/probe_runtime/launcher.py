@@ -1,11 +1,12 @@
-"""``probe-run``: spawn N processes (gloo on CPU), run a stack of expert-parallel MoE layers on skewed
-routing under a planning policy and the static baseline, print per-layer phase times and imbalance,
-and write per-step metrics as JSON.
+"""``probe-run``: spawn N processes (gloo on CPU, NCCL on GPUs), run a :class:`~probe_runtime.stack.MoEStack`
+on skewed routing under a planning policy and the static baseline, print per-layer phase times and
+imbalance, and write per-step metrics as JSON (one record per policy, step and layer: a metrics hook
+a serving engine can scrape).
 
 Plans are made for the model card's real shapes on the cluster card (what the planner would do on
 that hardware) and executed with weights scaled down by ``--scale``, so the CPU runs the same
-dispatch, copies and compute structure at a size it can hold. Rank 0 plans and broadcasts the plan,
-so every rank runs the same one whatever the solver.
+dispatch, copies and compute structure at a size it can hold. Rank 0 plans and broadcasts the plan
+(:class:`~probe_runtime.planner.EmbeddedPlanner`), so every rank runs the same one whatever the solver.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import json
 import os
 import socket
 import sys
-import time
 from datetime import timedelta
 
 import numpy as np
 
 SCALES = {"tiny": {"hidden": 64, "ffn": 32, "tokens": 128}, "small": {"hidden": 256, "ffn": 128, "tokens": 512}}
-POLICIES = ("static", "oracle", "history")
+POLICIES = ("static", "history", "oracle")  # the order the report lists them
 
 
 def _topology(model: str, cluster: str, nproc: int):
@@ -56,112 +56,90 @@ def _expert_bias(num_experts: int, layers: int, trace_dir: str | None, seed: int
     return out
 
 
-def _plan(policy: str, counts: np.ndarray | None, topo, window_us: float, solver: str, budget_s: float):
-    """Rank 0: the plan for ``counts`` ([G, E]) under ``policy``, its solve time, as plain arrays."""
-    from probe_planner import Budget, solve
+FIELDS = ("plan_s", "copy_s", "copy_exposed_s", "copy_paused_s", "attention_s", "route_s", "split_s", "dispatch_s",
+          "compute_s", "combine_s")
 
-    budget = Budget(window_us=window_us, time_limit_s=budget_s)
-    loads = counts if counts is not None else np.zeros(topo.native.shape)
-    t0 = time.perf_counter()
-    plan = solve(loads, topo, budget, solver="static" if policy == "static" or counts is None else solver)
-    return (plan.replicas, plan.route_idx, plan.route_tok, plan.loads, plan.solver), time.perf_counter() - t0
+
+def _device(rank: int, choice: str):
+    import torch
+
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        dev = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+        return dev
+    return torch.device("cpu")
 
 
 def _worker(rank: int, args: argparse.Namespace, port: int) -> None:
     import torch
     import torch.distributed as dist
 
-    from probe_planner import Budget, DispatchRule, Plan
+    from probe_planner import Budget
 
-    from .moe_layer import EPMoELayer, seeded_experts
+    from .device import backend_for, to_numpy
+    from .planner import EmbeddedPlanner
+    from .stack import MoEStack, StackWeights
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.nproc))  # N processes share the cores
+    device = _device(rank, args.device)
+    timeout = timedelta(seconds=args.timeout_s)
     # a rank that dies makes the others fail within the timeout instead of hanging
-    dist.init_process_group("gloo", rank=rank, world_size=args.nproc, timeout=timedelta(seconds=args.timeout_s))
+    dist.init_process_group(backend_for(device), rank=rank, world_size=args.nproc, timeout=timeout)
     try:
         topo = _topology(args.model, args.cluster, args.nproc)
         sc = SCALES[args.scale]
-        E, k = topo.num_experts, topo.model.top_k
-        bias = _expert_bias(E, args.layers, args.trace_dir, seed=3)
-        layers = []
-        for lay in range(args.layers):
-            router = torch.randn(sc["hidden"], E, generator=torch.Generator().manual_seed(10 + lay)) * 0.02
-            bank = seeded_experts(E, sc["hidden"], sc["ffn"], seed=100 + lay)
-            layers.append((EPMoELayer(topo, router, bank, k, timedelta(seconds=args.timeout_s)),
-                           torch.as_tensor(bias[lay], dtype=torch.float32)))
-        budget = Budget(window_us=args.window_us)
+        weights = StackWeights.seeded(topo.num_experts, sc["hidden"], sc["ffn"],
+                                      _expert_bias(topo.num_experts, args.layers, args.trace_dir, seed=3))
+        budget = Budget(window_us=args.window_us, time_limit_s=args.budget_s)
         records = []
-        history: dict[int, np.ndarray] = {}
-        def planned(policy: str, counts: np.ndarray | None):
-            box = [None, 0.0]
-            if rank == 0:
-                box = list(_plan(policy, counts, topo, args.window_us, args.solver, args.budget_s))
-            dist.broadcast_object_list(box, src=0)  # every rank runs rank 0's plan
-            (rep, idx, tok, loads, solver), plan_s = box
-            return Plan(topo, budget, loads, rep, idx, tok, solver=solver, solve_time_s=plan_s)
-
         for policy in ("static", args.policy) if args.policy != "static" else ("static",):
+            planner = EmbeddedPlanner(topo, budget, args.solver, device=device)
+            stack = MoEStack(topo, weights, planner, policy, device, timeout)
             for step in range(-1, args.steps):  # step -1 warms up (kernels load, buffers fault in): not recorded
                 x = torch.randn(sc["tokens"], sc["hidden"], generator=torch.Generator().manual_seed(1000 * step + rank))
-                plans, jobs = {}, {}
-                for lay, (layer, b) in enumerate(layers):
-                    # the batch's real counts before the layer: what an oracle plans for
-                    local = torch.bincount(torch.topk(torch.softmax(x @ layer.router + b, -1), k, -1)[1].reshape(-1),
-                                           minlength=E)
-                    every = [torch.zeros_like(local) for _ in range(args.nproc)]
-                    dist.all_gather(every, local)
-                    now = torch.stack(every).numpy().astype(np.float64)
-                    if lay not in plans:  # oracle (needs this layer's counts), or the first layer: nothing to overlap
-                        plans[lay] = planned(policy, {"static": None, "oracle": now, "history": history.get(lay)}[policy])
-                        jobs[lay] = layer.start_replicas(plans[lay], 0)
-                    if policy != "oracle" and lay + 1 < len(layers):  # known ahead: copy layer l+1's replicas now
-                        plans[lay + 1] = planned(policy, None if policy == "static" else history.get(lay + 1))
-                        jobs[lay + 1] = layers[lay + 1][0].start_replicas(plans[lay + 1], 0)
-                    layer.finish_replicas(jobs[lay])  # waits only for what this layer's compute did not cover
-                    plan = plans[lay]
-                    y = layer.forward(x, DispatchRule(plan), 0, bias=b)
-                    history[lay] = layer.stats.counts
-                    if step < 0:
-                        x = x + y
-                        continue
-                    st = layer.stats
-                    mine = torch.tensor([st.copy_s, st.copy_exposed_s, st.route_s, st.dispatch_s, st.compute_s,
-                                         st.combine_s, st.tokens_processed], dtype=torch.float64)
-                    allv = [torch.zeros_like(mine) for _ in range(args.nproc)]
-                    dist.all_gather(allv, mine)
-                    m = torch.stack(allv).numpy()
-                    proc = m[:, 6]
-                    records.append({"policy": policy, "step": step, "layer": lay, "plan_s": plan.solve_time_s,
-                                    "copy_s": m[:, 0].max(), "copy_exposed_s": m[:, 1].max(), "route_s": m[:, 2].max(),
-                                    "dispatch_s": m[:, 3].max(), "compute_s": m[:, 4].max(), "combine_s": m[:, 5].max(),
-                                    "imbalance": float(proc.max() / proc.mean()) if proc.mean() > 0 else 1.0,
-                                    "replicas": int(plan.num_replicas)})
-                    x = x + y
+                _, recs = stack.step(x.to(device))
+                if step < 0:
+                    continue
+                for r in recs:
+                    mine = torch.tensor([getattr(r, f) for f in FIELDS] + [r.tokens_processed], dtype=torch.float64,
+                                        device=device)
+                    every = [torch.zeros_like(mine) for _ in range(args.nproc)]
+                    dist.all_gather(every, mine)
+                    m = to_numpy(torch.stack(every))
+                    proc = m[:, -1]
+                    rec = {"policy": policy, "step": step, "layer": r.layer, "replicas": r.replicas,
+                           "imbalance": float(proc.max() / proc.mean()) if proc.mean() > 0 else 1.0,
+                           "tokens_per_rank": proc.tolist()}
+                    rec.update({f: float(m[:, i].max()) for i, f in enumerate(FIELDS)})
+                    records.append(rec)
+            stack.close()
         if rank == 0:
-            _report(records, args)
+            _report(records, args, str(device))
     finally:
         dist.destroy_process_group()
 
 
-def _report(records: list[dict], args: argparse.Namespace) -> None:
-    print(f"probe-run: {args.nproc} gloo processes, {args.model} ({args.scale} weights), {args.layers} layers x "
-          f"{args.steps} steps, solver {args.solver}, window {args.window_us:g} us; times are ms per layer, "
-          "max over ranks, mean over steps (CPU: compute and gloo all-to-alls, not GPU times)")
-    print(f"{'policy':<8} {'layer':>5} {'plan':>7} {'copy':>7} {'exposed':>7} {'route':>7} {'dispatch':>8} {'compute':>8} "
-          f"{'combine':>8} {'imbalance':>9} {'replicas':>8}")
-    keys = sorted({(r["policy"], r["layer"]) for r in records}, key=lambda t: (POLICIES.index(t[0]), t[1]))
-    for pol, lay in keys:
+def _report(records: list[dict], args: argparse.Namespace, device: str) -> None:
+    print(f"probe-run: {args.nproc} processes on {device}, {args.model} ({args.scale} weights), {args.layers} layers x "
+          f"{args.steps} steps, solver {args.solver}, window {args.window_us:g} us; ms per layer, max over ranks, "
+          "mean over steps")
+    cols = ("plan", "copy", "exposed", "attn", "route", "split", "dispatch", "compute", "combine")
+    keys = ("plan_s", "copy_s", "copy_exposed_s", "attention_s", "route_s", "split_s", "dispatch_s", "compute_s", "combine_s")
+    print(f"{'policy':<8} {'layer':>5} " + " ".join(f"{c:>8}" for c in cols) + f" {'imbalance':>9} {'replicas':>8}")
+    pairs = sorted({(r["policy"], r["layer"]) for r in records}, key=lambda t: (POLICIES.index(t[0]), t[1]))
+    for pol, lay in pairs:
         rs = [r for r in records if r["policy"] == pol and r["layer"] == lay]
-        mean = {f: float(np.mean([r[f] for r in rs])) for f in rs[0] if f not in ("policy", "step", "layer")}
-        print(f"{pol:<8} {lay:>5} {mean['plan_s'] * 1e3:7.2f} {mean['copy_s'] * 1e3:7.2f} {mean['copy_exposed_s'] * 1e3:7.2f} "
-              f"{mean['route_s'] * 1e3:7.2f} "
-              f"{mean['dispatch_s'] * 1e3:8.2f} {mean['compute_s'] * 1e3:8.2f} {mean['combine_s'] * 1e3:8.2f} "
-              f"{mean['imbalance']:9.3f} {mean['replicas']:8.1f}")
-    copy = sum(r["copy_s"] for r in records)
-    exposed = sum(min(r["copy_exposed_s"], r["copy_s"]) for r in records)
-    print(f"copy time hidden behind compute: {100 * (1 - exposed / copy) if copy > 0 else 100:.0f}% "
-          "(layer l+1's copies run during layer l when its plan is known ahead: history, static; oracle plans "
-          "need the layer's own counts, so its copies are exposed)")
+        mean = {f: float(np.mean([r[f] for r in rs])) for f in (*keys, "imbalance", "replicas")}
+        print(f"{pol:<8} {lay:>5} " + " ".join(f"{mean[k] * 1e3:8.2f}" for k in keys)
+              + f" {mean['imbalance']:9.3f} {mean['replicas']:8.1f}")
+    for pol in dict.fromkeys(r["policy"] for r in records):
+        rs = [r for r in records if r["policy"] == pol]
+        copy = sum(r["copy_s"] for r in rs)
+        exposed = sum(min(r["copy_exposed_s"], r["copy_s"]) for r in rs)
+        if any(r["replicas"] for r in rs) and copy > 0:
+            print(f"{pol}: copy time hidden {100 * (1 - exposed / copy):.0f}% of {copy * 1e3:.2f} ms "
+                  f"({'its own counts: copies after the router, exposed' if pol == 'oracle' else 'next layer copied during this one'})")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"args": vars(args), "records": records}, fh, default=float)
@@ -169,7 +147,7 @@ def _report(records: list[dict], args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="probe-run", description="Run expert-parallel MoE layers under a plan (gloo on CPU).")
+    ap = argparse.ArgumentParser(prog="probe-run", description="Run expert-parallel MoE layers under a plan (gloo on CPU, NCCL on GPU).")
     ap.add_argument("--nproc", type=int, default=4)
     ap.add_argument("--model", default="qwen3-30b-a3b", help="model card name or .toml path")
     ap.add_argument("--cluster", default="h100x8", help="cluster card the plans are made for")
@@ -182,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--budget-s", type=float, default=0.05, help="the planner's time budget per layer")
     ap.add_argument("--trace-dir", default=None)
     ap.add_argument("--out", default=None, help="write per-step metrics to this JSON file")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="cuda: NCCL, one GPU per rank (rank %% GPU count); cpu: gloo")
     ap.add_argument("--timeout-s", type=float, default=120.0, help="collectives fail after this long (a dead rank)")
     return ap
 
@@ -198,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         if topo.num_experts % args.nproc:
             raise PlannerError(f"--nproc {args.nproc} must divide the model's {topo.num_experts} experts")
         get_solver(args.solver)
+        if args.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise PlannerError("--device cuda: no CUDA device here")
         Budget(window_us=args.window_us, time_limit_s=args.budget_s)
         Budget(window_us=0.0, time_limit_s=args.timeout_s)
     except PlannerError as exc:
