@@ -61,9 +61,11 @@ def _many_copies_plan(topo, real):
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from probe_runtime import EPMoELayer, reference_moe, seeded_experts
+    from probe_runtime.plain_ep import PlainEPLayer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)  # several processes share the cores
     torch.manual_seed(0)
     results = {}
     try:
@@ -91,6 +93,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             y = layer.forward(x, DispatchRule(plan), 0)
             ref = reference_moe(x, router, bank, TOP_K)
             results[name] = (float((y - ref).abs().max()), plan.num_replicas, int((layer.slot_expert >= 0).sum()))
+            if name == "static":  # the bench's baseline computes the same layer
+                plain = PlainEPLayer(topo, router, bank, TOP_K).forward(x)
+                results["plain"] = (float((plain - ref).abs().max()), 0, 0)
     finally:
         np.save(os.path.join(out_dir, f"rank{rank}.npy"), np.array([results], dtype=object), allow_pickle=True)
         dist.destroy_process_group()
@@ -101,7 +106,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_distributed_moe_equals_the_reference(world, tmp_path):
     mp.start_processes(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, start_method="spawn")
     per_rank = [np.load(tmp_path / f"rank{r}.npy", allow_pickle=True)[0] for r in range(world)]
-    names = {n for n, topo, *_ in _cases(world) if topo.num_ranks == world}
+    names = {n for n, topo, *_ in _cases(world) if topo.num_ranks == world} | {"plain"}
     replicas = 0
     for res in per_rank:
         assert set(res) == names
@@ -217,6 +222,7 @@ def _stack_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)  # several processes share the cores
     results = {}
     try:
         topo = make_topology(1, world, 2, slots=2, hidden=HIDDEN, ffn=FFN, top_k=TOP_K)
@@ -264,6 +270,7 @@ def _pause_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)  # several processes share the cores
     out = []
     try:
         topo = make_topology(1, world, 2, slots=3, hidden=HIDDEN, ffn=FFN)
