@@ -36,3 +36,19 @@ def copies_that_fit(unit_us: float, windows_us: np.ndarray, most: int) -> np.nda
     k = np.where((k < most) & copies_fit_np(k + 1.0, unit_us, w), k + 1.0, k)
     k = np.where((k > 0) & ~copies_fit_np(k, unit_us, w), k - 1.0, k)
     return k.astype(np.int64)
+
+
+def copy_times_us(src: np.ndarray, dst: np.ndarray, ranks_per_node: int, num_ranks: int,
+                  copy_intra_us: float, copy_inter_us: float) -> np.ndarray:
+    """``[G]`` µs each rank spends on the copies ``src[i] -> dst[i]`` under the same model as the
+    rule: its intra- and inter-node links, sending and receiving, all run concurrently, so a rank
+    takes the longest of its four ``count × unit`` (what a copy plan needs as its window)."""
+    src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+    inter = (src // ranks_per_node) != (dst // ranks_per_node)
+    unit = np.where(inter, copy_inter_us, copy_intra_us)
+    out = np.zeros(num_ranks)
+    for ends in (src, dst):
+        for kind in (False, True):
+            sel = inter == kind
+            out = np.maximum(out, np.bincount(ends[sel], weights=unit[sel], minlength=num_ranks))
+    return out

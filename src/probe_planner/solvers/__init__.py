@@ -33,6 +33,7 @@ class SolverResult:
     info: dict = field(default_factory=dict)
 
 
+from ..baselines import dispatch_rules  # noqa: E402,F401  (the engines' dispatch rules, registered as solvers)
 from . import auto, greedy, lp_round, milp, static, token_lp  # noqa: E402,F401  (registration)
 
 __all__ = ["SolverResult", "Option", "SolverSpec", "get_solver", "register", "solver_names"]
