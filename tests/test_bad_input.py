@@ -475,3 +475,18 @@ def test_from_cards_rejects_unknown_overrides():
 def test_every_error_here_is_a_value_error():
     for cls in (LoadsError, BudgetError, TopologyError, CardError):
         assert issubclass(cls, PlannerError) and issubclass(cls, ValueError)
+
+
+def test_read_only_loads_reuse_the_compiled_kernels():
+    """A frozen or memory-mapped loads array is copied at the front door: numba would otherwise
+    compile every kernel again for the read-only array type (minutes), for the same plan."""
+    from probe_planner.solvers import greedy_kernel
+
+    topo = make_topology(1, 4, 2, slots=2)
+    loads = np.random.default_rng(3).poisson(9, size=(4, 8)).astype(float)
+    frozen = loads.copy()
+    frozen.setflags(write=False)
+    a, b = solve(loads, topo, Budget(window_us=np.inf)), solve(frozen, topo, Budget(window_us=np.inf))
+    assert np.array_equal(a.route_tok, b.route_tok) and np.array_equal(a.replicas, b.replicas)
+    sigs = greedy_kernel.plan_layers.signatures  # the loads are its first argument
+    assert sigs and all(sig[0].mutable for sig in sigs)

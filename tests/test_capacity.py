@@ -394,3 +394,21 @@ def test_errors_are_value_errors():
     assert issubclass(LoadsError, ValueError) and issubclass(SolverError, ValueError)
     with pytest.raises(PlannerError):
         reroute(LOADS, TOPO, -2.0)
+
+
+def test_drop_breaks_exact_remainder_ties_to_the_lower_source():
+    # e0 [7, 4, 6, 1] (total 18) keeps floor(1.4 * 18 / 4) = 6: shares 7/3, 4/3, 2, 1/3 -> floors 2, 1, 2, 0 and
+    # equal remainders 1/3 for sources 0, 1, 3 (floats would order them by rounding noise): the token goes to source 0.
+    loads = np.zeros((4, 4))
+    loads[:, 0] = [7, 4, 6, 1]
+    r = drop(loads, make_topology(1, 4, 1, slots=0), 1.4)
+    assert r.capacity.tolist() == [6.0] and r.loads[0, :, 0].tolist() == [3, 1, 2, 0]
+
+
+def test_drop_is_exact_for_counts_near_2_53():
+    # n * keep passes 2**63 here: the split must still be exact.
+    loads = np.array([[2**51, 3, 0, 0], [2**51 + 1, 0, 0, 0]], dtype=np.float64)  # total 2**52 + 4, C = 2**50 + 1
+    r = drop(loads, TOPO, 1.0)
+    assert r.capacity.tolist() == [2.0**50 + 1]
+    assert r.loads[0, :, 0].tolist() == _apportion_reference([2**51, 2**51 + 1], 2**50 + 1)
+    assert r.loads[0, :, 0].sum() == 2**50 + 1 and r.dropped.tolist() == [2**52 + 1 - (2**50 + 1)]

@@ -110,5 +110,7 @@ class DispatchRule:
             idx.append(np.hstack([np.full((r.shape[0], 1), lay), r]))
             tok.append(t)
         p = self.plan
+        # the plan's status and bound were for the loads it was made for, not these
+        info = {k: v for k, v in p.info.items() if k not in ("bound_us", "status", "gap")}
         return Plan(p.topology, p.budget, c, p.replicas, np.vstack(idx), np.concatenate(tok), solver=p.solver,
-                    solve_time_s=p.solve_time_s, info=dict(p.info, executed_on="real counts")).validate()
+                    solve_time_s=p.solve_time_s, info=dict(info, executed_on="real counts")).validate()

@@ -120,6 +120,8 @@ def canonical_loads(loads, topology: Topology, sources: Sources | None = None) -
     arr = np.asarray(arr, dtype=np.float64)  # no copy when already float64; huge float128 become inf
     layers = arr.shape[0] if arr.ndim == 3 or (arr.ndim == 2 and sources == "uniform") else 1
     arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # numba compiles per array type and read-only is another type: every
+        arr = arr.copy()  # kernel would compile again (minutes) for a frozen or memory-mapped input
     plan_check.prepare()
     bad, integral, top = plan_check.scan_loads(arr.reshape(1, 1, -1))  # one compiled read: first bad entry, all whole, max
     if bad >= 0 or not top <= MAX_LOAD_TOTAL / (arr.size // layers):  # else no layer total passes the limit

@@ -64,6 +64,19 @@ def qwen3_prefill_loads(num_ranks: int = 8, trace_dir: str | Path | None = None)
         return topk_to_loads(z["topk_ids"], 128, num_ranks)
 
 
+def qwen3_prefill_windows(num_ranks: int = 8, steps: int = 4, trace_dir: str | Path | None = None) -> np.ndarray:
+    """The Qwen3 prefill as a stream of ``steps`` batches: contiguous token windows of
+    ``2050 // steps`` tokens, each split over the ranks: ``[steps, 48, G, 128]``."""
+    if steps < 1:
+        raise TraceError(f"steps must be >= 1, got {steps}")
+    with _open(QWEN3_PREFILL, trace_dir) as z:
+        ids = z["topk_ids"]
+    w = ids.shape[1] // steps
+    if w < num_ranks:
+        raise TraceError(f"{steps} windows of the {ids.shape[1]}-token prefill leave fewer tokens than {num_ranks} ranks")
+    return np.stack([topk_to_loads(ids[:, i * w:(i + 1) * w], 128, num_ranks) for i in range(steps)])
+
+
 def qwen15_decode_steps(num_ranks: int = 4, trace_dir: str | Path | None = None) -> np.ndarray:
     """Qwen1.5-MoE-A2.7B, 127 real GSM8K decode steps at layers 0/8/12/18/23:
     ``[steps 127, layers 5, G, 60]`` (each step's 11-25 tokens split over the ranks)."""

@@ -92,10 +92,10 @@ def _gamma(gamma) -> float:
     return out
 
 
-def _count(name: str, value, error: type[Exception] = SolverError) -> int:
+def _count(name: str, value) -> int:
     """``value`` as an int >= 1 (Python or numpy integer; bools and floats refused)."""
     if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < 1:
-        raise error(f"{name} must be an integer >= 1, got {_show(value)} ({type(value).__name__})")
+        raise SolverError(f"{name} must be an integer >= 1, got {_show(value)} ({type(value).__name__})")
     return int(value)
 
 
@@ -165,24 +165,21 @@ def _enforced_cap(arr: np.ndarray, whole: bool, gamma: float) -> np.ndarray:
 
 def _apportion(cols: np.ndarray, keep: np.ndarray, totals: np.ndarray) -> np.ndarray:
     """Largest-remainder split of ``keep[n]`` whole tokens over the whole counts ``cols[n, G]``
-    (row sums ``totals[n] > keep[n]``): each source keeps ``floor(share)`` plus one for the largest
-    remainders (ties: lower source), so the row keeps exactly ``keep`` and no source more than it had."""
-    ratio = keep / totals  # < 1: products never round above the count they scale
-    quota = cols * ratio[:, None]
-    base = np.minimum(np.floor(quota), cols)
-    frac = quota - base
-    # Exact arithmetic needs one pass; the loop only absorbs a float quota that rounded across an integer.
-    for _ in range(cols.shape[1] + 2):
-        short = keep - base.sum(axis=1)  # whole numbers <= 2**53: exact
-        if not short.any():
-            break
-        up = short > 0
-        key = np.where(up[:, None], np.where(base < cols, -frac, np.inf), np.where(base > 0, frac, np.inf))
-        rank = np.argsort(np.argsort(key, axis=1, kind="stable"), axis=1, kind="stable")
-        step = (rank < np.abs(short)[:, None]) & np.isfinite(key)
-        base += np.where(up[:, None], step, -step.astype(np.float64))
-        frac = np.where(step, 0.0, frac)  # each adjustment is made once per remainder
-    return base
+    (row sums ``totals[n] > keep[n]``): each source keeps ``floor(n * keep / total)``, plus one for
+    the largest remainders (ties: lower source), so the row keeps exactly ``keep`` and no source more
+    than it had. Integer arithmetic: float shares would break exact ties by rounding noise."""
+    # int64 unless n * keep could pass 2**63 (counts are <= 2**53); then Python ints, slow but exact
+    big = float(cols.max()) * float(keep.max()) >= 2.0**62
+    kind = object if big else np.int64
+    n = cols.astype(np.int64).astype(kind)
+    k = keep.astype(np.int64).astype(kind)[:, None]
+    t = totals.astype(np.int64).astype(kind)[:, None]
+    prod = n * k
+    base, rem = prod // t, prod % t
+    short = k[:, 0] - base.sum(axis=1)  # in [0, G): the remainders sum to short * total
+    # the `short` largest remainders are all > 0, so those sources had a token more to keep
+    rank = np.argsort(np.argsort(-rem, axis=1, kind="stable"), axis=1, kind="stable")
+    return (base + (rank < short[:, None])).astype(np.float64)
 
 
 def _cap_kept(arr: np.ndarray, cap: np.ndarray, whole: bool) -> tuple[np.ndarray, np.ndarray]:

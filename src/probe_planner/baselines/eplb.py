@@ -22,7 +22,7 @@ import numpy as np
 from ..cost import CostParams
 from ..errors import LoadsError, TopologyError
 from ..topology import Topology
-from ..window import copy_times_us
+from ..window import copies_that_fit, copy_times_us
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,13 @@ class Migration:
     """Weight copies a placement implies against a baseline: ``copies [L]`` (expert, rank) pairs
     hosted that the baseline does not host; ``time_us [L]`` the longest rank's copy time at the
     card's bandwidths (each copy from a baseline host, one in the destination's node when there is
-    one), the window a per-batch plan would need for them."""
+    one), the window a per-batch plan would need for them; ``outside [L]`` how many copies do not
+    fit ``window_us`` by the copy-fit rule (per rank, end and link kind, the excess over what fits;
+    the larger of the sending and receiving sums)."""
 
     copies: np.ndarray
     time_us: np.ndarray
+    outside: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,12 @@ class EplbPlacement:
         the engine runs it until the next re-placement."""
         return base.with_(placement=self.hosts(layer), slots=0)
 
-    def migration(self, base: Topology) -> Migration:
+    def migration(self, base: Topology, window_us: float = 0.0) -> Migration:
         """The copies from ``base``'s native placement to this one, per layer (see :class:`Migration`)."""
         p = CostParams.from_topology(base)
         native, node = base.native, base.node_of
-        copies, times = [], []
+        G, rpn = base.num_ranks, base.ranks_per_node
+        copies, times, outside = [], [], []
         for lay in range(self.phy2log.shape[0]):
             dst, e = np.nonzero(self.hosts(lay) & ~native)
             src = np.empty_like(dst)
@@ -85,9 +89,18 @@ class EplbPlacement:
                 near = have[node[have] == node[d]]
                 src[i] = near[0] if near.size else have[0]
             copies.append(dst.size)
-            t = copy_times_us(src, dst, base.ranks_per_node, base.num_ranks, p.copy_intra_us, p.copy_inter_us)
+            t = copy_times_us(src, dst, rpn, G, p.copy_intra_us, p.copy_inter_us)
             times.append(float(t.max(initial=0.0)))
-        return Migration(np.array(copies, dtype=np.int64), np.array(times))
+            inter = (src // rpn) != (dst // rpn)
+            excess = []
+            for ends in (dst, src):
+                n = 0
+                for kind, unit in ((False, p.copy_intra_us), (True, p.copy_inter_us)):
+                    k = np.bincount(ends[inter == kind], minlength=G)
+                    n += int(np.maximum(k - copies_that_fit(unit, np.full(G, window_us), int(k.max(initial=0))), 0).sum())
+                excess.append(n)
+            outside.append(max(excess))
+        return Migration(np.array(copies, dtype=np.int64), np.array(times), np.array(outside, dtype=np.int64))
 
 
 def replicate(load: np.ndarray, slots: int, most: int) -> np.ndarray:
