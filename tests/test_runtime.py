@@ -176,15 +176,26 @@ def _failing_worker(rank: int, world: int, port: int, out_dir: str, mode: str) -
     if mode == "bad-plan":
         moved = np.roll(np.arange(E) // 2, 1)  # a plan for another placement than the layer's
         other = make_topology(1, world, 2, slots=1, placement=moved, hidden=HIDDEN, ffn=FFN)
-        for step in ("load", "forward"):
+        from probe_planner import LoadsError
+        from probe_runtime import EmbeddedPlanner
+
+        for step in ("load", "forward", "slots", "bank", "planner"):
             try:
                 if step == "load":
                     layer.load_replicas(solve(loads, other, Budget(window_us=np.inf)), 0)
-                else:  # a rule whose replicas were never loaded
+                elif step == "forward":  # a rule whose replicas were never loaded
                     layer.forward(x, DispatchRule(solve(loads, topo, Budget(window_us=np.inf))), 0)
+                elif step == "slots":  # made for 3 slots a rank; the layer has 1
+                    layer.load_replicas(_many_copies_plan(make_topology(1, world, 2, slots=3, hidden=HIDDEN, ffn=FFN), loads), 0)
+                elif step == "bank":  # experts of another shape than the pool's buffers
+                    EPMoELayer(topo, layer.router, seeded_experts(E, HIDDEN, 2 * FFN, seed=2), TOP_K, pool=layer.pool)
+                else:  # rank 0's solve fails: every rank gets its error, none waits for a broadcast
+                    EmbeddedPlanner(topo, Budget(window_us=np.inf)).plan(np.full((world, E + 1), 1.0))
                 outcome.append("ran")
             except PlanInvalidError:
                 outcome.append("refused")
+            except LoadsError:
+                outcome.append("loads-error")
         dist.barrier()  # every rank refused before any collective: the group still works
         outcome.append("alive")
     else:  # killed: rank 1 vanishes; the others must get an error, not hang
@@ -207,7 +218,7 @@ def _failing_worker(rank: int, world: int, port: int, out_dir: str, mode: str) -
 def test_a_bad_plan_is_refused_on_every_rank_before_any_collective(tmp_path):
     mp.start_processes(_failing_worker, args=(2, _free_port(), str(tmp_path), "bad-plan"), nprocs=2, start_method="spawn")
     for r in range(2):
-        assert list(np.load(tmp_path / f"rank{r}.npy", allow_pickle=True)) == ["refused", "refused", "alive"]
+        assert list(np.load(tmp_path / f"rank{r}.npy", allow_pickle=True)) == ["refused"] * 4 + ["loads-error", "alive"]
 
 
 @pytest.mark.slow

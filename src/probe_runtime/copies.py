@@ -7,6 +7,11 @@ transfer at a time. The earliest unfinished transfer then always has both ends w
 completes; a pause only delays that, and no collective waits on the copies while a rank is paused
 (:meth:`Copier.pause` brackets the combine, which needs no copy). No batched point-to-point
 (serving engines have hung on batched isend/irecv of weights).
+
+On a GPU a transfer's ``wait()`` only orders streams, so the thread also waits for the side stream
+after every chunk: one chunk in flight at a time, as on CPU, and a pause holds between chunks. The
+side stream first waits for the work queued on the submitting thread's stream (an event recorded
+at :meth:`Copier.submit`), so a copy never overwrites a buffer a queued kernel still reads.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class CopyJob:
     excluded, ``paused_s`` on their own), ``error`` what a transfer raised."""
 
     transfers: list[Transfer]
+    after: object = None  # a CUDA event the copies wait for (the submitter's queued work), or None
     done: threading.Event = field(default_factory=threading.Event)
     copy_s: float = 0.0
     paused_s: float = 0.0
@@ -60,7 +66,11 @@ class Copier:
         self._thread.start()
 
     def submit(self, transfers: list[Transfer]) -> CopyJob:
-        job = CopyJob(transfers)
+        after = None
+        if self.stream is not None:
+            after = torch.cuda.Event()
+            after.record()  # on the caller's current stream
+        job = CopyJob(transfers, after)
         self._jobs.put(job)
         return job
 
@@ -71,9 +81,11 @@ class Copier:
     def resume(self) -> None:
         self._go.set()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread once the jobs queued before this call are done."""
         self._go.set()
         self._jobs.put(None)
+        self._thread.join(timeout_s)
 
     def _chunks(self, t: torch.Tensor):
         flat = t.view(-1)
@@ -85,6 +97,8 @@ class Copier:
             t0 = time.perf_counter()
             try:
                 with on_stream(self.stream):
+                    if job.after is not None:
+                        self.stream.wait_event(job.after)
                     for tr in job.transfers:
                         fn = dist.isend if tr.send else dist.irecv
                         for chunk in self._chunks(tr.tensor):
@@ -93,7 +107,7 @@ class Copier:
                                 self._go.wait()
                                 job.paused_s += time.perf_counter() - p0
                             fn(chunk, tr.peer, group=self.group).wait()
-                    settle(self.stream)
+                            settle(self.stream)  # GPU: the chunk has landed (wait() only ordered streams)
             except Exception as exc:  # surfaced by whoever waits for the job
                 job.error = exc
             job.copy_s = time.perf_counter() - t0 - job.paused_s

@@ -60,10 +60,11 @@ FIELDS = ("plan_s", "copy_s", "copy_exposed_s", "copy_paused_s", "attention_s", 
           "compute_s", "combine_s")
 
 
-def _device(rank: int, choice: str):
+def _device(rank: int, choice: str, nproc: int):
     import torch
 
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+    # NCCL takes one GPU per rank: `auto` uses the GPUs only when there is one for every rank
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available() and nproc <= torch.cuda.device_count()):
         dev = torch.device("cuda", rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)
         return dev
@@ -82,7 +83,7 @@ def _worker(rank: int, args: argparse.Namespace, port: int) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.nproc))  # N processes share the cores
-    device = _device(rank, args.device)
+    device = _device(rank, args.device, args.nproc)
     timeout = timedelta(seconds=args.timeout_s)
     # a rank that dies makes the others fail within the timeout instead of hanging
     dist.init_process_group(backend_for(device), rank=rank, world_size=args.nproc, timeout=timeout)
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--trace-dir", default=None)
     ap.add_argument("--out", default=None, help="write per-step metrics to this JSON file")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                    help="cuda: NCCL, one GPU per rank (rank %% GPU count); cpu: gloo")
+                    help="cuda: NCCL, one GPU per rank; cpu: gloo; auto: cuda when every rank has a GPU")
     ap.add_argument("--timeout-s", type=float, default=120.0, help="collectives fail after this long (a dead rank)")
     return ap
 
@@ -181,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cuda":
             import torch
 
-            if not torch.cuda.is_available():
-                raise PlannerError("--device cuda: no CUDA device here")
+            if not torch.cuda.is_available() or args.nproc > torch.cuda.device_count():
+                raise PlannerError(f"--device cuda needs a GPU per rank: {args.nproc} ranks, "
+                                   f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} GPUs here")
         Budget(window_us=args.window_us, time_limit_s=args.budget_s)
         Budget(window_us=0.0, time_limit_s=args.timeout_s)
     except PlannerError as exc:

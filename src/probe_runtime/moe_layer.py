@@ -89,6 +89,10 @@ class EPMoELayer:
         if self.pool.slots != topology.slots or self.pool.device != self.device:
             raise PlanInvalidError(f"the slot pool has {self.pool.slots} slots on {self.pool.device}; the layer needs "
                                    f"{topology.slots} on {self.device}")
+        for w, b in zip(self.pool.banks[0].tensors, bank.tensors, strict=True):
+            if w.shape[1:] != b.shape[1:] or w.dtype != b.dtype:  # a transfer of the wrong size kills gloo's process
+                raise PlanInvalidError(f"the slot pool holds {w.dtype}{list(w.shape[1:])} experts, the layer's bank "
+                                       f"{b.dtype}{list(b.shape[1:])}")
         self.buffer = self.pool.buffer_of(index)
         self.router = router.to(self.device)
         self.top_k = top_k
@@ -110,21 +114,32 @@ class EPMoELayer:
         return h.slot_expert
 
     # ---- replicas ------------------------------------------------------------------------------
-    def start_replicas(self, plan: Plan, layer: int) -> CopyJob:
-        """Start copying the plan's replicas of ``layer`` into this layer's buffer, point to point on
-        the pool's own process group (so the copies never queue behind the all-to-alls), in the
-        pool's background thread: the caller computes meanwhile and calls :meth:`finish_replicas`.
-        The plan is validated first, on every rank alike, so a bad plan is refused before any
-        transfer; until the copies finish, :meth:`forward` refuses to run on the buffer."""
+    def start_replicas(self, plan: Plan, layer: int, buffer: int | None = None) -> CopyJob:
+        """Start copying the plan's replicas of ``layer`` into this layer's buffer (``buffer``: move
+        the layer to that one of the pool's buffers first), point to point on the pool's own process
+        group (so the copies never queue behind the all-to-alls), in the pool's background thread:
+        the caller computes meanwhile and calls :meth:`finish_replicas`. The plan is checked first,
+        with the same decision on every rank, so a bad plan is refused before any transfer; until
+        the copies finish, :meth:`forward` refuses to run on the buffer."""
         plan.validate()
-        if plan.topology.native.shape != self.topology.native.shape or not np.array_equal(plan.topology.native,
-                                                                                         self.topology.native):
-            raise PlanInvalidError("the plan was made for another placement than this layer's")
+        t = plan.topology
+        if (t.num_ranks, t.num_experts) != (self.topology.num_ranks, self.topology.num_experts) or not np.array_equal(
+                t.native, self.topology.native):
+            raise PlanInvalidError("the plan was made for another cluster or placement than this layer's")
         if not 0 <= layer < plan.num_layers:
             raise PlanInvalidError(f"plan layer {layer} out of range [0, {plan.num_layers})")
         rep = plan.replicas[plan.replicas[:, 0] == layer][:, 1:]
+        per_rank = np.bincount(rep[:, 2], minlength=self.world)
+        if per_rank.max(initial=0) > self.pool.slots:  # every rank sees every rank's count: refused alike
+            r = int(np.argmax(per_rank))
+            raise PlanInvalidError(f"the plan gives rank {r} {per_rank[r]} replicas; the pool has {self.pool.slots} slots")
+        if buffer is not None:
+            if not 0 <= buffer < self.pool.buffers:
+                raise PlanInvalidError(f"buffer {buffer} out of range [0, {self.pool.buffers})")
+            self.buffer = buffer
+        self.pool.check_free(self.buffer)
         rep = rep[np.lexsort((rep[:, 2], rep[:, 1], rep[:, 0]))]  # (expert, src, dst): the same order everywhere
-        mine = rep[rep[:, 2] == self.rank]  # at most `slots` of them: validate() checked
+        mine = rep[rep[:, 2] == self.rank]
         slot_expert = np.full(self.pool.slots, -1, dtype=np.int64)
         slot_expert[:mine.shape[0]] = mine[:, 0]
         slots = self.slot_bank
@@ -136,10 +151,9 @@ class EPMoELayer:
             elif src == self.rank:
                 i = int(np.flatnonzero(self.natives == e)[0])
                 transfers += [Transfer(True, w[i], dst) for w in self.native_bank.tensors]
-        holding = Holding(self, plan, layer, slot_expert, None)
-        self.pool.claim(self.buffer, holding)  # refused while the buffer is still being filled
-        holding.job = self.pool.copier.submit(transfers)
-        return holding.job
+        job = self.pool.copier.submit(transfers)
+        self.pool.holding[self.buffer] = Holding(self, plan, layer, slot_expert, job)
+        return job
 
     def finish_replicas(self, job: CopyJob) -> None:
         """Wait for :meth:`start_replicas`' copies; the buffer then holds that plan layer's replicas.
@@ -148,7 +162,8 @@ class EPMoELayer:
         if h is None or h.owner is not self or h.job is not job:
             raise PlanInvalidError("finish_replicas got a copy job this layer's buffer is not waiting for")
         t0 = time.perf_counter()
-        job.done.wait()
+        if not job.done.wait(self.pool.timeout.total_seconds()):
+            raise TimeoutError(f"rank {self.rank}: replica copies did not finish within {self.pool.timeout} (a peer stalled)")
         h.job = None
         st = self.stats
         st.copy_exposed_s, st.copy_s, st.copy_paused_s = time.perf_counter() - t0, job.copy_s, job.paused_s
@@ -207,18 +222,23 @@ class EPMoELayer:
         recv = torch.empty((sum(recv_sizes), x.shape[1]), dtype=x.dtype, device=self.device)
         dist.all_to_all_single(recv, payload, recv_sizes, send_sizes)
         t2 = self._clock()
-        if during_compute is not None:
-            during_compute()
-        t2h = time.perf_counter()
-        out_rows = torch.empty_like(recv)
-        order_dev = torch.as_tensor(recv_order, device=self.device)
-        banks = self._banks()
-        for e in np.flatnonzero(np.diff(bounds)).tolist():
-            if e not in banks:
-                raise PlanInvalidError(f"rank {me} was sent tokens of expert {e} but holds no weights for it")
-            bank, i = banks[e]
-            rows = order_dev[bounds[e]:bounds[e + 1]]
-            out_rows[rows] = bank.expert(i, recv[rows])
+        banks = self._banks()  # before the hook: it may start copies into the other buffer, never this one
+        self.pool.busy[self.buffer] = True
+        hook_s = 0.0
+        try:
+            # the hook runs while the expert compute does: first on CPU, where the copies' thread is
+            # the overlap; after queueing the kernels on GPU, where the device computes meanwhile
+            gpu = self.device.type == "cuda"
+            if gpu:
+                out_rows = self._compute(recv, recv_order, bounds, banks)
+            if during_compute is not None:
+                h0 = time.perf_counter()
+                during_compute()
+                hook_s = time.perf_counter() - h0
+            if not gpu:
+                out_rows = self._compute(recv, recv_order, bounds, banks)
+        finally:
+            self.pool.busy[self.buffer] = False
         back = torch.empty_like(payload)
         t3 = self._clock()
         self.pool.copier.pause()  # the combine has the links to itself
@@ -231,10 +251,23 @@ class EPMoELayer:
         out = torch.zeros_like(x)
         out.index_add_(0, tok, back * g[:, None])
         st = self.stats
-        st.route_s, st.split_s, st.dispatch_s, st.compute_s = routed.route_s, t1 - t0, t2 - t1, t3 - t2h
-        st.hook_s = t2h - t2
+        st.route_s, st.split_s, st.dispatch_s, st.compute_s = routed.route_s, t1 - t0, t2 - t1, t3 - t2 - hook_s
+        st.hook_s = hook_s
         st.combine_s, st.tokens_processed, st.counts = t4 - t3, int(recv.shape[0]), routed.counts
         return out
+
+    def _compute(self, recv: torch.Tensor, recv_order: np.ndarray, bounds: np.ndarray,
+                 banks: dict[int, tuple[ExpertBank, int]]) -> torch.Tensor:
+        """Grouped expert compute: each expert's received rows through its weights."""
+        out_rows = torch.empty_like(recv)
+        order_dev = torch.as_tensor(recv_order, device=self.device)
+        for e in np.flatnonzero(np.diff(bounds)).tolist():
+            if e not in banks:
+                raise PlanInvalidError(f"rank {self.rank} was sent tokens of expert {e} but holds no weights for it")
+            bank, i = banks[e]
+            rows = order_dev[bounds[e]:bounds[e + 1]]
+            out_rows[rows] = bank.expert(i, recv[rows])
+        return out_rows
 
     def _clock(self) -> float:
         """Host time once this device's queued work is done (on CPU, at once)."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from probe_planner import Budget, Plan, Topology, solve
+from probe_planner import Budget, Plan, PlannerError, Topology, errors, solve
 from probe_planner.solvers import get_solver
 
 
@@ -27,9 +27,9 @@ class EmbeddedPlanner:
 
     def __init__(self, topology: Topology, budget: Budget, solver: str = "greedy", options: dict | None = None,
                  replicated: bool = False, device: torch.device | str = "cpu") -> None:
-        get_solver(solver)  # an unknown solver is refused here, on every rank alike
+        # an unknown solver or a bad option is refused here, on every rank alike
+        self.options = get_solver(solver).check_options(dict(options or {}))
         self.topology, self.budget, self.solver = topology, budget, solver
-        self.options = dict(options or {})
         self.replicated = replicated
         self.device = torch.device(device)
         self._static: Plan | None = None
@@ -57,18 +57,29 @@ class EmbeddedPlanner:
             if not self.agreed:
                 out = self._broadcast(out)
         else:
-            out = self._broadcast(self._solve(loads) if dist.get_rank() == 0 else None)
+            out = self._broadcast(self._solve_or_error(loads) if dist.get_rank() == 0 else None)
         self.last_s = time.perf_counter() - t0
         return out
 
     def _solve(self, loads: np.ndarray) -> Plan:
         return solve(loads, self.topology, self.budget, solver=self.solver, **self.options)
 
-    def _broadcast(self, plan: Plan | None) -> Plan:
+    def _solve_or_error(self, loads: np.ndarray) -> Plan | PlannerError:
+        try:
+            return self._solve(loads)
+        except PlannerError as exc:  # sent to every rank, which all raise it (not a timeout on the others)
+            return exc
+
+    def _broadcast(self, plan: Plan | PlannerError | None) -> Plan:
         box = [None]
-        if dist.get_rank() == 0:
+        if isinstance(plan, PlannerError):
+            box = [(type(plan).__name__, str(plan))]
+        elif dist.get_rank() == 0:
             box = [(plan.loads, plan.replicas, plan.route_idx, plan.route_tok, plan.solver, plan.solve_time_s, plan.info)]
         dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        if len(box[0]) == 2:
+            kind, message = box[0]
+            raise getattr(errors, kind, PlannerError)(f"rank 0's planner: {message}")
         loads, rep, idx, tok, solver, solve_s, info = box[0]
         # validated on arrival: a plan from another process is checked like any other input
         return Plan(self.topology, self.budget, loads, rep, idx, tok, solver=solver, solve_time_s=solve_s,

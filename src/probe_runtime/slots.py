@@ -1,8 +1,9 @@
 """Replica slot buffers shared by a stack's MoE layers, double-buffered.
 
-A rank has memory for ``slots`` replicas per buffer, not per layer: layer ``i`` of a stack uses
-buffer ``i % buffers``, so with two buffers layer l+1's copies land in one while layer l computes
-on the other, and layer l+2's copies overwrite layer l's replicas once layer l has run. The pool
+A rank has memory for ``slots`` replicas per buffer, not per layer. A layer fills the buffer it was
+given (by default its stack index mod ``buffers``; :class:`~probe_runtime.stack.MoEStack` hands
+them out in the order copies start), so with two buffers layer l+1's copies land in one while layer
+l computes on the other, and layer l+2's copies overwrite layer l's replicas once layer l has run. The pool
 records which (layer, plan, plan layer) each buffer holds, so a forward on replicas that were
 overwritten (or never loaded) is refused.
 """
@@ -48,7 +49,12 @@ class SlotPool:
         self.slots = slots
         self.banks = [like.empty(slots, self.device) for _ in range(buffers)]
         self.holding: list[Holding | None] = [None] * buffers
+        self.busy: list[bool] = [False] * buffers  # a forward is computing on the buffer
+        self.timeout = timeout
         group = dist.new_group(backend=backend_for(self.device), timeout=timeout)
+        if self.device.type == "cuda":  # set the group's communicator up here, on the main thread, not
+            # lazily on the copy thread while the default group's collectives run (NCCL can deadlock)
+            dist.all_reduce(torch.zeros(1, device=self.device), group=group)
         self.copier = Copier(group, self.device, chunk_bytes)
 
     @property
@@ -59,12 +65,13 @@ class SlotPool:
         """The buffer layer ``index`` of the stack uses."""
         return index % self.buffers
 
-    def claim(self, buffer: int, holding: Holding) -> None:
-        """Start filling ``buffer`` for ``holding``; refused while copies into it are in flight."""
+    def check_free(self, buffer: int) -> None:
+        """Refuse to fill ``buffer`` while copies into it are in flight or a forward computes on it."""
         held = self.holding[buffer]
         if held is not None and held.job is not None:
             raise PlanInvalidError(f"copies into replica buffer {buffer} are still in flight: finish them first")
-        self.holding[buffer] = holding
+        if self.busy[buffer]:
+            raise PlanInvalidError(f"replica buffer {buffer} is in use by a forward: start its copies after it")
 
     def holds(self, buffer: int, owner: object, plan: object, layer: int) -> bool:
         """Whether ``buffer`` holds ``owner``'s replicas of ``plan``'s ``layer``, copies finished."""

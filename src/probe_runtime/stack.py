@@ -126,6 +126,7 @@ class MoEStack:
         self.biases = [b.to(self.device) for b in weights.biases]
         self.history: dict[int, np.ndarray] = {}  # the last batch's real counts per layer
         self._ahead: dict[int, tuple[Plan, object, float]] = {}  # layer -> (plan, copy job, plan time) made ahead
+        self._starts = 0  # copy jobs started so far: picks each one's buffer
 
     def _known_ahead(self, lay: int) -> np.ndarray | None | bool:
         """The loads layer ``lay`` is planned for before its router runs (``None``: static), or
@@ -136,7 +137,11 @@ class MoEStack:
 
     def _plan_and_copy(self, lay: int, loads: np.ndarray | None) -> tuple[Plan, object, float]:
         plan = self.planner.plan(loads)
-        return plan, self.layers[lay].start_replicas(plan, 0), self.planner.last_s
+        # buffers in the order copies start: consecutive layers (and a step's last layer and the
+        # next step's first, whatever the layer count) always land in different buffers
+        buffer = self._starts % self.pool.buffers
+        self._starts += 1
+        return plan, self.layers[lay].start_replicas(plan, 0, buffer=buffer), self.planner.last_s
 
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, list[LayerRecord]]:
         """One batch ``x [T, hidden]`` (this rank's tokens) through every layer."""
@@ -158,7 +163,7 @@ class MoEStack:
             def start_next(lay=lay, nxt=nxt) -> None:
                 # layer l+1's copies while layer l computes, into the other buffer (never this one)
                 loads = self._known_ahead(nxt)
-                if loads is not False and self.pool.buffer_of(nxt) != self.pool.buffer_of(lay) and nxt not in self._ahead:
+                if loads is not False and nxt != lay and nxt not in self._ahead:
                     self._ahead[nxt] = self._plan_and_copy(nxt, loads)
 
             y = layer.forward(h, DispatchRule(plan), 0, routed=routed, during_compute=start_next)
@@ -172,7 +177,9 @@ class MoEStack:
 
     def close(self) -> None:
         """Wait for copies started ahead, then stop the pool's copy thread."""
-        for lay, (_, job, _) in list(self._ahead.items()):
-            self.layers[lay].finish_replicas(job)
-        self._ahead.clear()
-        self.pool.close()
+        try:
+            for lay, (_, job, _) in list(self._ahead.items()):
+                self.layers[lay].finish_replicas(job)
+        finally:
+            self._ahead.clear()
+            self.pool.close()
