@@ -24,9 +24,9 @@ from .runner import Row, Scenario, calls, run_scenario
 
 QUICK_METHODS = ("static", "greedy", "greedy-history", "auto", "milp", "eplb", "eplb-hierarchical", "lplb", "eplb-oracle",
                  "drop", "reroute")
-QUICK = (Scenario("qwen3-prefill/h100x8", "qwen3-30b-a3b", "h100x8", "qwen3-prefill", steps=4, layers=6, budget_s=0.02,
+QUICK = (Scenario("qwen3-prefill/h100x8", "qwen3-30b-a3b", "h100x8", "qwen3-prefill", steps=4, layers=6, budget_s=0.2,
                   methods=QUICK_METHODS),
-         Scenario("zipf/h100x16-ib", "qwen3-30b-a3b", "h100x16-ib", "zipf", steps=4, layers=4, budget_s=0.02,
+         Scenario("zipf/h100x16-ib", "qwen3-30b-a3b", "h100x16-ib", "zipf", steps=4, layers=4, budget_s=0.2,
                   methods=QUICK_METHODS))
 FULL = (Scenario("qwen3-prefill/h100x8", "qwen3-30b-a3b", "h100x8", "qwen3-prefill", steps=6, layers=48, budget_s=0.1),
         Scenario("qwen3-prefill/h100x16-ib", "qwen3-30b-a3b", "h100x16-ib", "qwen3-prefill", steps=6, layers=16, budget_s=0.1),
