@@ -230,6 +230,7 @@ def test_a_dead_rank_gives_an_error_not_a_hang(tmp_path):
 
 def _stack_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from probe_runtime import EmbeddedPlanner, MoEStack, StackWeights
+    from probe_runtime.predictor import LookaheadPredictor
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -241,18 +242,22 @@ def _stack_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         bias = np.zeros((3, E))
         bias[:, 0], bias[1, 1] = 2.5, 2.0  # hot experts: the plans copy them
         weights = StackWeights.seeded(E, HIDDEN, FFN, bias, seed=5)
-        for policy in ("static", "history", "oracle"):
-            for replicated in (False, True):
-                planner = EmbeddedPlanner(topo, Budget(window_us=np.inf), "greedy", replicated=replicated)
-                stack = MoEStack(topo, weights, planner, policy, chunk_bytes=256)
-                errs, reps = [], 0
-                for step in range(3):  # history plans from the batch before: loads that differ from the real ones
-                    xs = [torch.randn(TOKENS, HIDDEN, generator=torch.Generator().manual_seed(10 * step + r)) for r in range(world)]
-                    y, recs = stack.step(xs[rank])
-                    errs.append(float((y - weights.reference(xs[rank], TOP_K)).abs().max()))
-                    reps += sum(r.replicas for r in recs)
-                stack.close()
-                results[(policy, replicated)] = (max(errs), reps, planner.agreed)
+        good = {i: LookaheadPredictor(weights.routers[i], weights.biases[i], TOP_K) for i in (1, 2)}
+        # badly wrong: another router and the opposite skew; the plans are for the wrong loads
+        bad = {i: LookaheadPredictor(-weights.routers[i], -3 * weights.biases[i], TOP_K) for i in (1, 2)}
+        cases = [(p, r, good) for p in ("static", "history", "lookahead", "oracle") for r in (False, True)]
+        for policy, replicated, predictors in [*cases, ("lookahead-bad", False, bad)]:
+            planner = EmbeddedPlanner(topo, Budget(window_us=np.inf), "greedy", replicated=replicated)
+            stack = MoEStack(topo, weights, planner, policy.split("-")[0], chunk_bytes=256, predictors=predictors,
+                             threaded=not replicated)
+            errs, reps = [], 0
+            for step in range(3):  # history plans from the batch before: loads that differ from the real ones
+                xs = [torch.randn(TOKENS, HIDDEN, generator=torch.Generator().manual_seed(10 * step + r)) for r in range(world)]
+                y, recs = stack.step(xs[rank])
+                errs.append(float((y - weights.reference(xs[rank], TOP_K)).abs().max()))
+                reps += sum(r.replicas for r in recs)
+            stack.close()
+            results[(policy, replicated)] = (max(errs), reps, planner.agreed)
     finally:
         np.save(os.path.join(out_dir, f"rank{rank}.npy"), np.array([results], dtype=object), allow_pickle=True)
         dist.destroy_process_group()
@@ -261,15 +266,16 @@ def _stack_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 4])
 def test_the_stack_equals_the_reference_under_every_policy(world, tmp_path):
-    """Three layers on two buffers (layer 2 overwrites layer 0's replicas), next layers copied during
-    this one, chunked copies: the output is the single-process stack's for static, history and oracle
-    plans, rank 0's plan broadcast or every rank planning."""
+    """Three layers on two buffers (layer 2 overwrites layer 0's replicas), next layers planned in a
+    worker thread and copied during this one, chunked copies: the output is the single-process
+    stack's for static, history, lookahead (also with a badly wrong predictor) and oracle plans,
+    rank 0's plan broadcast or every rank planning."""
     mp.start_processes(_stack_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, start_method="spawn")
     for r in range(world):
         res = np.load(tmp_path / f"rank{r}.npy", allow_pickle=True)[0]
-        assert len(res) == 6
+        assert len(res) == 9
         for (policy, _), (err, reps, agreed) in res.items():
-            assert err < 1e-4, (policy, err)
+            assert err < 1e-4, (policy, err)  # prediction changes speed, never results
             assert (reps == 0) == (policy == "static") and agreed
 
 
@@ -325,3 +331,22 @@ def test_paused_copies_wait_and_shared_buffers_refuse_overwritten_replicas(tmp_p
     mp.start_processes(_pause_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     for r in range(2):
         assert list(np.load(tmp_path / f"rank{r}.npy", allow_pickle=True)) == [False, True, True, False, "refused", True]
+
+
+@pytest.mark.slow
+def test_probe_run_lookahead_reports_its_predictions_and_records_the_loads(tmp_path):
+    import json
+
+    from probe_runtime.launcher import main
+
+    out, rec = tmp_path / "metrics.json", tmp_path / "loads.npz"
+    assert main(["--nproc", "2", "--steps", "2", "--layers", "2", "--policy", "lookahead", "history", "--distill-steps", "2",
+                 "--distill-iters", "20", "--out", str(out), "--record", str(rec)]) == 0
+    doc = json.loads(out.read_text())
+    assert 0.0 < doc["recall"]["untrained"] <= 1.0 and 0.0 < doc["recall"]["trained"] <= 1.0
+    by = {(r["policy"], r["step"], r["layer"]): r for r in doc["records"]}
+    assert 0.0 < by[("lookahead", 0, 1)]["recall"] <= 1.0 and by[("lookahead", 0, 1)]["count_error"] >= 0.0
+    assert by[("lookahead", 0, 0)]["recall"] is None  # layer 0 runs on history: no lookahead prediction
+    z = np.load(rec)
+    assert z["lookahead_real"].shape == (2, 2, 2, 128) and z["lookahead_predicted"].shape == (2, 2, 2, 128)
+    assert np.isnan(z["static_predicted"]).all() and (z["lookahead_real"].sum(axis=(2, 3)) == 2 * 128 * 8).all()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import sys
@@ -20,8 +21,9 @@ from datetime import timedelta
 
 import numpy as np
 
+from .stack import POLICIES
+
 SCALES = {"tiny": {"hidden": 64, "ffn": 32, "tokens": 128}, "small": {"hidden": 256, "ffn": 128, "tokens": 512}}
-POLICIES = ("static", "history", "oracle")  # the order the report lists them
 
 
 def _topology(model: str, cluster: str, nproc: int):
@@ -56,8 +58,8 @@ def _expert_bias(num_experts: int, layers: int, trace_dir: str | None, seed: int
     return out
 
 
-FIELDS = ("plan_s", "copy_s", "copy_exposed_s", "copy_paused_s", "attention_s", "route_s", "split_s", "dispatch_s",
-          "compute_s", "combine_s")
+FIELDS = ("plan_s", "plan_exposed_s", "copy_s", "copy_exposed_s", "copy_paused_s", "attention_s", "route_s", "split_s",
+          "dispatch_s", "compute_s", "combine_s", "layer_s")
 
 
 def _device(rank: int, choice: str, nproc: int):
@@ -79,6 +81,7 @@ def _worker(rank: int, args: argparse.Namespace, port: int) -> None:
 
     from .device import backend_for, to_numpy
     from .planner import EmbeddedPlanner
+    from .predictor import LookaheadPredictor
     from .stack import MoEStack, StackWeights
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -93,17 +96,39 @@ def _worker(rank: int, args: argparse.Namespace, port: int) -> None:
         weights = StackWeights.seeded(topo.num_experts, sc["hidden"], sc["ffn"],
                                       _expert_bias(topo.num_experts, args.layers, args.trace_dir, seed=3))
         budget = Budget(window_us=args.window_us, time_limit_s=args.budget_s)
-        records = []
-        for policy in ("static", args.policy) if args.policy != "static" else ("static",):
+        records, recalls, loads = [], {}, {}
+
+        def batch(step: int):
+            return torch.randn(sc["tokens"], sc["hidden"], generator=torch.Generator().manual_seed(1000 * step + rank)).to(device)
+
+        for policy in dict.fromkeys(("static", *args.policy)):
             planner = EmbeddedPlanner(topo, budget, args.solver, device=device)
-            stack = MoEStack(topo, weights, planner, policy, device, timeout)
-            for step in range(-1, args.steps):  # step -1 warms up (kernels load, buffers fault in): not recorded
-                x = torch.randn(sc["tokens"], sc["hidden"], generator=torch.Generator().manual_seed(1000 * step + rank))
-                _, recs = stack.step(x.to(device))
-                if step < 0:
-                    continue
+            predictors = {i: LookaheadPredictor(weights.routers[i].to(device), weights.biases[i].to(device), topo.model.top_k)
+                          for i in range(1, args.layers)} if policy == "lookahead" else None
+            stack = MoEStack(topo, weights, planner, policy, device, timeout, predictors=predictors)
+            # warm-up batches (kernels load, buffers fault in; lookahead: the predictors distil on
+            # them, and their recall is measured on a held-out batch before and after): not recorded
+            stack.collect = policy == "lookahead"
+            stack.step(batch(-1))
+            if policy == "lookahead":
+                recalls["untrained"] = float(np.mean(list(stack.recall().values()) or [np.nan]))
+                stack.forget()
+                for w in range(args.distill_steps):
+                    stack.step(batch(-2 - w))
+                if args.distill_steps:
+                    stack.distill(steps=args.distill_iters)
+                    stack.forget()
+                    stack.step(batch(-1))
+                    recalls["trained"] = float(np.mean(list(stack.recall().values()) or [np.nan]))
+                stack.forget()
+            stack.collect = False
+            pred, real = [], []
+            for step in range(args.steps):
+                _, recs = stack.step(batch(step))
+                pred.append([r.predicted for r in recs])
+                real.append([r.real for r in recs])
                 for r in recs:
-                    mine = torch.tensor([getattr(r, f) for f in FIELDS] + [r.tokens_processed], dtype=torch.float64,
+                    mine = torch.tensor([getattr(r, f) for f in FIELDS] + [r.recall, r.tokens_processed], dtype=torch.float64,
                                         device=device)
                     every = [torch.zeros_like(mine) for _ in range(args.nproc)]
                     dist.all_gather(every, mine)
@@ -111,39 +136,65 @@ def _worker(rank: int, args: argparse.Namespace, port: int) -> None:
                     proc = m[:, -1]
                     rec = {"policy": policy, "step": step, "layer": r.layer, "replicas": r.replicas,
                            "imbalance": float(proc.max() / proc.mean()) if proc.mean() > 0 else 1.0,
-                           "tokens_per_rank": proc.tolist()}
-                    rec.update({f: float(m[:, i].max()) for i, f in enumerate(FIELDS)})
+                           "tokens_per_rank": proc.tolist(), "recall": float(np.mean(m[:, -2])), "count_error": r.count_error}
+                    rec.update({f: float(m[:, i].max()) for i, f in enumerate(FIELDS)})  # a layer lasts as long as its slowest rank
                     records.append(rec)
+            loads[policy] = (np.array(pred), np.array(real))
             stack.close()
         if rank == 0:
-            _report(records, args, str(device))
+            _report(records, recalls, args, str(device))
+            if args.record:
+                np.savez_compressed(args.record, **{f"{p}_{k}": v for p, (pr, re) in loads.items()
+                                                    for k, v in (("predicted", pr), ("real", re))},
+                                    note="per policy: predicted (planned-for; NaN = static) and real [steps, layers, G, E] loads")
+                print(f"loads recorded to {args.record}")
     finally:
         dist.destroy_process_group()
 
 
-def _report(records: list[dict], args: argparse.Namespace, device: str) -> None:
+def _mean(rs: list[dict], f: str) -> float:
+    v = [r[f] for r in rs if not math.isnan(r[f])]
+    return float(np.mean(v)) if v else math.nan
+
+
+def _hidden(rs: list[dict], total: str, exposed: str) -> str:
+    """The share of ``total`` time nothing waited for ("-" where the policy planned or copied nothing)."""
+    t = sum(r[total] for r in rs)
+    e = sum(min(r[exposed], r[total]) for r in rs)
+    return f"{100 * (1 - e / t):10.0f}%" if t > 1e-6 and any(r["replicas"] for r in rs) else f"{'-':>11}"
+
+
+def _report(records: list[dict], recalls: dict, args: argparse.Namespace, device: str) -> None:
     print(f"probe-run: {args.nproc} processes on {device}, {args.model} ({args.scale} weights), {args.layers} layers x "
           f"{args.steps} steps, solver {args.solver}, window {args.window_us:g} us; ms per layer, max over ranks, "
           "mean over steps")
-    cols = ("plan", "copy", "exposed", "attn", "route", "split", "dispatch", "compute", "combine")
-    keys = ("plan_s", "copy_s", "copy_exposed_s", "attention_s", "route_s", "split_s", "dispatch_s", "compute_s", "combine_s")
-    print(f"{'policy':<8} {'layer':>5} " + " ".join(f"{c:>8}" for c in cols) + f" {'imbalance':>9} {'replicas':>8}")
-    pairs = sorted({(r["policy"], r["layer"]) for r in records}, key=lambda t: (POLICIES.index(t[0]), t[1]))
-    for pol, lay in pairs:
-        rs = [r for r in records if r["policy"] == pol and r["layer"] == lay]
-        mean = {f: float(np.mean([r[f] for r in rs])) for f in (*keys, "imbalance", "replicas")}
-        print(f"{pol:<8} {lay:>5} " + " ".join(f"{mean[k] * 1e3:8.2f}" for k in keys)
-              + f" {mean['imbalance']:9.3f} {mean['replicas']:8.1f}")
-    for pol in dict.fromkeys(r["policy"] for r in records):
+    cols = ("plan", "plan exp", "copy", "copy exp", "attn", "route", "split", "dispatch", "compute", "combine", "layer")
+    keys = ("plan_s", "plan_exposed_s", "copy_s", "copy_exposed_s", "attention_s", "route_s", "split_s", "dispatch_s",
+            "compute_s", "combine_s", "layer_s")
+    print(f"{'policy':<9} {'layer':>5} " + " ".join(f"{c:>8}" for c in cols) + f" {'imbalance':>9} {'replicas':>8} {'recall':>6} "
+          f"{'cnt err':>7}")
+    policies = list(dict.fromkeys(r["policy"] for r in records))
+    for pol in policies:
+        for lay in sorted({r["layer"] for r in records if r["policy"] == pol}):
+            rs = [r for r in records if r["policy"] == pol and r["layer"] == lay]
+            print(f"{pol:<9} {lay:>5} " + " ".join(f"{_mean(rs, k) * 1e3:8.2f}" for k in keys)
+                  + f" {_mean(rs, 'imbalance'):9.3f} {_mean(rs, 'replicas'):8.1f} {_mean(rs, 'recall'):6.3f} {_mean(rs, 'count_error'):7.3f}")
+    print("\nper policy (mean over layers and steps):")
+    print(f"{'policy':<9} {'imbalance':>9} {'layer ms':>9} {'recall':>6} {'cnt err':>7} {'plan hidden':>11} {'copy hidden':>11}")
+    for pol in policies:
         rs = [r for r in records if r["policy"] == pol]
-        copy = sum(r["copy_s"] for r in rs)
-        exposed = sum(min(r["copy_exposed_s"], r["copy_s"]) for r in rs)
-        if any(r["replicas"] for r in rs) and copy > 0:
-            print(f"{pol}: copy time hidden {100 * (1 - exposed / copy):.0f}% of {copy * 1e3:.2f} ms "
-                  f"({'its own counts: copies after the router, exposed' if pol == 'oracle' else 'next layer copied during this one'})")
+
+        print(f"{pol:<9} {_mean(rs, 'imbalance'):9.3f} {_mean(rs, 'layer_s') * 1e3:9.2f} {_mean(rs, 'recall'):6.3f} "
+              f"{_mean(rs, 'count_error'):7.3f} {_hidden(rs, 'plan_s', 'plan_exposed_s')} {_hidden(rs, 'copy_s', 'copy_exposed_s')}")
+    if "untrained" in recalls:
+        print(f"lookahead predictor top-k recall on a held-out batch: {recalls['untrained']:.3f} untrained (cloned routers)"
+              + (f", {recalls['trained']:.3f} after distilling on {args.distill_steps} other batches" if "trained" in recalls else ""))
+    print("oracle plans need the layer's own counts, so their planning and copies are exposed; the others plan "
+          "layer l+1 while layer l runs. CPU times: gloo and PyTorch on shared cores, not a GPU's.")
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump({"args": vars(args), "records": records}, fh, default=float)
+        plain = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in records]
+        with open(args.out, "w") as fh:  # strict JSON: no prediction is null, not NaN
+            json.dump({"args": vars(args), "recall": recalls, "records": plain}, fh, default=float, allow_nan=False)
         print(f"metrics written to {args.out}")
 
 
@@ -156,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--solver", default="greedy")
-    ap.add_argument("--policy", choices=POLICIES, default="oracle")
+    ap.add_argument("--policy", nargs="+", choices=POLICIES, default=["oracle"],
+                    help="policies to run after the static baseline")
+    ap.add_argument("--distill-steps", type=int, default=16, help="lookahead: warm-up batches the predictors distil on")
+    ap.add_argument("--distill-iters", type=int, default=300, help="lookahead: optimiser steps over those batches")
+    ap.add_argument("--record", default=None, help="write the planned-for and real loads per policy to this .npz")
     ap.add_argument("--window-us", type=float, default=300.0)
     ap.add_argument("--budget-s", type=float, default=0.05, help="the planner's time budget per layer")
     ap.add_argument("--trace-dir", default=None)
@@ -173,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:  # everything a rank could refuse, refused here before spawning
-        if args.nproc < 1 or args.layers < 1 or args.steps < 1:
-            raise PlannerError("--nproc, --layers and --steps must be >= 1")
+        if args.nproc < 1 or args.layers < 1 or args.steps < 1 or args.distill_steps < 0 or args.distill_iters < 1:
+            raise PlannerError("--nproc, --layers, --steps and --distill-iters must be >= 1, --distill-steps >= 0")
         topo = _topology(args.model, args.cluster, args.nproc)
         if topo.num_experts % args.nproc:
             raise PlannerError(f"--nproc {args.nproc} must divide the model's {topo.num_experts} experts")

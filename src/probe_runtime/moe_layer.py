@@ -34,12 +34,15 @@ from .slots import Holding, SlotPool
 @dataclass
 class Routed:
     """A batch after the router: ``gates``/``ids [T, k]``, every rank's real ``counts [G, E]`` (the
-    count exchange's result, the same on every rank) and the time the two took."""
+    count exchange's result, the same on every rank), every rank's ``extra [G, E]`` numbers sent
+    along with them (e.g. predicted counts of the next layer; ``None`` when none were) and the time
+    the two took."""
 
     gates: torch.Tensor
     ids: torch.Tensor
     counts: np.ndarray
     route_s: float
+    extra: np.ndarray | None = None
 
 
 @dataclass
@@ -176,15 +179,22 @@ class EPMoELayer:
         self.finish_replicas(self.start_replicas(plan, layer))
 
     # ---- forward -------------------------------------------------------------------------------
-    def route(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> Routed:
-        """Router, top-k and the count exchange (a collective): what an oracle plans from."""
+    def route(self, x: torch.Tensor, bias: torch.Tensor | None = None, extra: np.ndarray | None = None) -> Routed:
+        """Router, top-k and the count exchange (a collective): what an oracle plans from. ``extra``
+        (``[E]`` numbers, e.g. this rank's predicted counts of the next layer) travels in the same
+        all-gather; every rank must pass it or none."""
         t0 = time.perf_counter()
         gates, ids = route(x, self.router, self.top_k, bias)
-        counts = torch.bincount(ids.reshape(-1), minlength=self.topology.num_experts)
+        E = self.topology.num_experts
+        counts = torch.bincount(ids.reshape(-1), minlength=E).to(torch.float64)
+        if extra is not None:
+            if np.shape(extra) != (E,):
+                raise PlanInvalidError(f"extra must be [E={E}] numbers, got shape {list(np.shape(extra))}")
+            counts = torch.cat([counts, torch.as_tensor(np.asarray(extra, dtype=np.float64), device=self.device)])
         every = [torch.zeros_like(counts) for _ in range(self.world)]
         dist.all_gather(every, counts)
-        counts_all = to_numpy(torch.stack(every)).astype(np.float64)  # [G, E]
-        return Routed(gates, ids, counts_all, time.perf_counter() - t0)
+        both = to_numpy(torch.stack(every))  # [G, E] or [G, 2E]
+        return Routed(gates, ids, both[:, :E].copy(), time.perf_counter() - t0, both[:, E:].copy() if extra is not None else None)
 
     def forward(self, x: torch.Tensor, rule: DispatchRule, layer: int = 0, bias: torch.Tensor | None = None,
                 routed: Routed | None = None, during_compute: Callable[[], None] | None = None) -> torch.Tensor:

@@ -26,12 +26,14 @@ class EmbeddedPlanner:
     (and its ``options``). :meth:`plan` is a collective for non-static loads."""
 
     def __init__(self, topology: Topology, budget: Budget, solver: str = "greedy", options: dict | None = None,
-                 replicated: bool = False, device: torch.device | str = "cpu") -> None:
+                 replicated: bool = False, device: torch.device | str = "cpu", group=None) -> None:
         # an unknown solver or a bad option is refused here, on every rank alike
         self.options = get_solver(solver).check_options(dict(options or {}))
         self.topology, self.budget, self.solver = topology, budget, solver
         self.replicated = replicated
         self.device = torch.device(device)
+        self.group = group  # the planner's collectives' group (None: the default one); a stack that
+        # plans in a worker thread gives it a group of its own, so they never interleave with the layers
         self._static: Plan | None = None
         self.last_s = 0.0  # wall time of the last plan(), this rank (the solve, and the broadcast)
         self.agreed = True  # replicated: whether the ranks' last plans agreed
@@ -52,7 +54,7 @@ class EmbeddedPlanner:
             out = self._solve(loads)
             mine = torch.tensor([_fingerprint(out)], dtype=torch.int64, device=self.device)
             every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
-            dist.all_gather(every, mine)
+            dist.all_gather(every, mine, group=self.group)
             self.agreed = len({int(t.item()) for t in every}) == 1
             if not self.agreed:
                 out = self._broadcast(out)
@@ -76,7 +78,7 @@ class EmbeddedPlanner:
             box = [(type(plan).__name__, str(plan))]
         elif dist.get_rank() == 0:
             box = [(plan.loads, plan.replicas, plan.route_idx, plan.route_tok, plan.solver, plan.solve_time_s, plan.info)]
-        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        dist.broadcast_object_list(box, src=0, group=self.group, device=self.device if self.device.type == "cuda" else None)
         if len(box[0]) == 2:
             kind, message = box[0]
             raise getattr(errors, kind, PlannerError)(f"rank 0's planner: {message}")
