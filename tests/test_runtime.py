@@ -245,7 +245,7 @@ def _stack_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         good = {i: LookaheadPredictor(weights.routers[i], weights.biases[i], TOP_K) for i in (1, 2)}
         # badly wrong: another router and the opposite skew; the plans are for the wrong loads
         bad = {i: LookaheadPredictor(-weights.routers[i], -3 * weights.biases[i], TOP_K) for i in (1, 2)}
-        cases = [(p, r, good) for p in ("static", "history", "lookahead", "oracle") for r in (False, True)]
+        cases = [(p, r, good) for p in ("static", "history", "coactivation", "lookahead", "oracle") for r in (False, True)]
         for policy, replicated, predictors in [*cases, ("lookahead-bad", False, bad)]:
             planner = EmbeddedPlanner(topo, Budget(window_us=np.inf), "greedy", replicated=replicated)
             stack = MoEStack(topo, weights, planner, policy.split("-")[0], chunk_bytes=256, predictors=predictors,
@@ -273,7 +273,7 @@ def test_the_stack_equals_the_reference_under_every_policy(world, tmp_path):
     mp.start_processes(_stack_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, start_method="spawn")
     for r in range(world):
         res = np.load(tmp_path / f"rank{r}.npy", allow_pickle=True)[0]
-        assert len(res) == 9
+        assert len(res) == 11
         for (policy, _), (err, reps, agreed) in res.items():
             assert err < 1e-4, (policy, err)  # prediction changes speed, never results
             assert (reps == 0) == (policy == "static") and agreed

@@ -33,16 +33,20 @@ class HistoryPredictor:
         if not 0.0 <= decay < 1.0:
             raise LoadsError(f"decay must lie in [0, 1), got {decay!r}")
         self.decay = decay
-        self.mean = np.zeros((num_layers, num_experts))
-        self.seen = np.zeros(num_layers, dtype=bool)
+        self.num_layers, self.num_experts = num_layers, num_experts
+        self.mean: dict[int, np.ndarray] = {}  # layer -> the average so far ([E], or [G, E] per source)
 
     def predict(self, layer: int, previous_layer_counts: np.ndarray | None = None) -> np.ndarray | None:
-        return self.mean[layer].copy() if self.seen[layer] else None
+        return self.mean[layer].copy() if layer in self.mean else None
 
     def observe(self, layer: int, counts: np.ndarray) -> None:
+        """Counts ``[E]`` (or ``[G, E]``: every source's, as the runtime's count exchange gives)."""
         c = np.asarray(counts, dtype=np.float64)
-        self.mean[layer] = c if not self.seen[layer] else self.decay * self.mean[layer] + (1 - self.decay) * c
-        self.seen[layer] = True
+        if c.shape[-1] != self.num_experts or not 0 <= layer < self.num_layers:
+            raise LoadsError(f"layer {layer} counts of shape {list(c.shape)}: expected layer < {self.num_layers}, "
+                             f"{self.num_experts} experts")
+        old = self.mean.get(layer)
+        self.mean[layer] = c.copy() if old is None or old.shape != c.shape else self.decay * old + (1 - self.decay) * c
 
 
 class CoactivationPredictor:

@@ -179,14 +179,17 @@ class EPMoELayer:
         self.finish_replicas(self.start_replicas(plan, layer))
 
     # ---- forward -------------------------------------------------------------------------------
-    def route(self, x: torch.Tensor, bias: torch.Tensor | None = None, extra: np.ndarray | None = None) -> Routed:
+    def route(self, x: torch.Tensor, bias: torch.Tensor | None = None, extra=None) -> Routed:
         """Router, top-k and the count exchange (a collective): what an oracle plans from. ``extra``
-        (``[E]`` numbers, e.g. this rank's predicted counts of the next layer) travels in the same
+        (``[E]`` numbers, e.g. this rank's predicted counts of the next layer, or a function of this
+        rank's ``[E]`` counts and ``[T, k]`` expert ids that gives them) travels in the same
         all-gather; every rank must pass it or none."""
         t0 = time.perf_counter()
         gates, ids = route(x, self.router, self.top_k, bias)
         E = self.topology.num_experts
         counts = torch.bincount(ids.reshape(-1), minlength=E).to(torch.float64)
+        if callable(extra):
+            extra = extra(to_numpy(counts), ids)
         if extra is not None:
             if np.shape(extra) != (E,):
                 raise PlanInvalidError(f"extra must be [E={E}] numbers, got shape {list(np.shape(extra))}")

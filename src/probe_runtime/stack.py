@@ -8,9 +8,12 @@ planning policy, with the continuous lookahead pipeline:
               paused) -> (l+1's attention: copies resume) ...
 
 Policies say where the loads a layer is planned for come from: ``static`` (no plan: natives only),
-``history`` (the previous batch's counts of the same layer), ``lookahead`` (layer l+1's counts
-predicted from layer l's hidden state by a :class:`~probe_runtime.predictor.LookaheadPredictor`;
-the first layer falls back to history) and ``oracle`` (this batch's own counts, known only after the
+``history`` (the previous batch's counts of the same layer, or their moving average),
+``coactivation`` (layer l+1's counts from layer l's through a cross-layer co-occurrence matrix
+learnt online from the tokens' expert ids, :class:`probe_planner.predict.CoactivationPredictor`),
+``lookahead`` (layer l+1's counts predicted from layer l's hidden state by a
+:class:`~probe_runtime.predictor.LookaheadPredictor`) — both fall back to history for the first
+layer, and coactivation for the first batch — and ``oracle`` (this batch's own counts, known only after the
 layer's router: an upper bound on what prediction can give, its planning and copies exposed). The
 first three plan layer l+1 while layer l runs. Whatever the policy, the output is the same: plans
 change where tokens are computed, never what.
@@ -29,16 +32,17 @@ import torch
 import torch.distributed as dist
 
 from probe_planner import DispatchRule, Plan, PlanInvalidError, Topology
-from probe_planner.predict import count_error
+from probe_planner.predict import CoactivationPredictor, HistoryPredictor, count_error
 
-from .device import backend_for
+from .device import backend_for, to_numpy
 from .experts import ExpertBank, reference_moe, seeded_experts
 from .moe_layer import EPMoELayer
 from .planner import EmbeddedPlanner
 from .predictor import LookaheadPredictor, topk_recall
 from .slots import SlotPool
 
-POLICIES = ("static", "history", "lookahead", "oracle")
+POLICIES = ("static", "history", "coactivation", "lookahead", "oracle")
+PREDICTED = ("coactivation", "lookahead")  # policies whose layer l+1 loads come from a prediction made at layer l
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,7 @@ class MoEStack:
     def __init__(self, topology: Topology, weights: StackWeights, planner: EmbeddedPlanner, policy: str,
                  device: torch.device | str = "cpu", timeout: timedelta = timedelta(minutes=2),
                  chunk_bytes: int = 1 << 20, predictors: dict[int, LookaheadPredictor] | None = None,
-                 threaded: bool = True) -> None:
+                 threaded: bool = True, history_decay: float = 0.0) -> None:
         if policy not in POLICIES:
             raise PlanInvalidError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
         L = len(weights.banks)
@@ -204,7 +208,11 @@ class MoEStack:
                                   index=i, device=self.device) for i in range(L)]
         self.attention = [a.to(self.device) for a in weights.attention]
         self.biases = [b.to(self.device) for b in weights.biases]
-        self.history: dict[int, np.ndarray] = {}  # the last batch's real counts per layer
+        E = topology.num_experts
+        self.history = HistoryPredictor(L, E, history_decay)  # past batches' real [G, E] counts per layer
+        self.coactivation = CoactivationPredictor(L, E)  # learnt from this rank's tokens
+        self._ids: dict[int, torch.Tensor] = {}  # layer -> this batch's expert ids there (coactivation learns)
+        self._steps = 0
         self._ahead: dict[int, _Ahead] = {}  # layer -> its plan and copies in the making
         self._starts = 0  # copy jobs started so far: picks each one's buffer
         self._guess: dict[int, torch.Tensor] = {}  # layer -> this rank's predicted top-k ids for it
@@ -219,9 +227,9 @@ class MoEStack:
             return False
         if self.policy == "static":
             return None
-        if self.policy == "lookahead" and lay > 0 and routed is not None and routed.extra is not None:
+        if self.policy in PREDICTED and lay > 0 and routed is not None and routed.extra is not None:
             return routed.extra
-        return self.history.get(lay)
+        return self.history.predict(lay)
 
     def _start(self, lay: int, loads: np.ndarray | None, threaded: bool) -> _Ahead:
         # buffers in the order copies start: consecutive layers (and a step's last layer and the
@@ -248,7 +256,13 @@ class MoEStack:
             if self.policy == "lookahead" and lay + 1 < L:
                 guess = self.predictors[lay + 1].expected_counts(h)
                 self._guess[lay + 1] = self.predictors[lay + 1].topk(h)
+            elif self.policy == "coactivation" and lay + 1 < L and self._steps > 0:  # nothing learnt before
+                guess = lambda counts, ids, nxt=lay + 1: self.coactivation.predict(nxt, counts)  # noqa: E731
             routed = layer.route(h, self.biases[lay], extra=guess)
+            if self.policy == "coactivation":
+                if lay > 0:
+                    self.coactivation.observe_tokens(lay, to_numpy(self._ids.pop(lay - 1)), to_numpy(routed.ids))
+                self._ids[lay] = routed.ids
             if lay not in self._ahead:  # oracle (needs this batch's counts), or nothing ran before it
                 loads = self._loads_ahead(lay, None)
                 self._ahead[lay] = self._start(lay, routed.counts if loads is False else loads, threaded=False)
@@ -262,7 +276,7 @@ class MoEStack:
             hook = self._ahead[nxt].go.set if nxt in self._ahead and nxt != lay else None
             y = layer.forward(h, DispatchRule(plan), 0, routed=routed, during_compute=hook)
             x = x + y
-            self.history[lay] = routed.counts
+            self.history.observe(lay, routed.counts)
             st = layer.stats
             pred = ahead_now.loads
             recall = topk_recall(self._guess.pop(lay), routed.ids) if lay in self._guess else math.nan
@@ -271,6 +285,8 @@ class MoEStack:
                                        st.route_s, st.split_s, st.dispatch_s, st.compute_s, st.combine_s,
                                        time.perf_counter() - t0, st.tokens_processed, int(plan.num_replicas), recall, err,
                                        pred if isinstance(pred, np.ndarray) else np.full((G, E), np.nan), routed.counts))
+        self._ids.clear()
+        self._steps += 1
         return x, records
 
     def distill(self, steps: int = 300, lr: float = 3e-3, gather: bool = True) -> dict[int, float]:
