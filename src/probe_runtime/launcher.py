@@ -171,20 +171,20 @@ def _report(records: list[dict], recalls: dict, args: argparse.Namespace, device
     cols = ("plan", "plan exp", "copy", "copy exp", "attn", "route", "split", "dispatch", "compute", "combine", "layer")
     keys = ("plan_s", "plan_exposed_s", "copy_s", "copy_exposed_s", "attention_s", "route_s", "split_s", "dispatch_s",
             "compute_s", "combine_s", "layer_s")
-    print(f"{'policy':<9} {'layer':>5} " + " ".join(f"{c:>8}" for c in cols) + f" {'imbalance':>9} {'replicas':>8} {'recall':>6} "
+    print(f"{'policy':<12} {'layer':>5} " + " ".join(f"{c:>8}" for c in cols) + f" {'imbalance':>9} {'replicas':>8} {'recall':>6} "
           f"{'cnt err':>7}")
     policies = list(dict.fromkeys(r["policy"] for r in records))
     for pol in policies:
         for lay in sorted({r["layer"] for r in records if r["policy"] == pol}):
             rs = [r for r in records if r["policy"] == pol and r["layer"] == lay]
-            print(f"{pol:<9} {lay:>5} " + " ".join(f"{_mean(rs, k) * 1e3:8.2f}" for k in keys)
+            print(f"{pol:<12} {lay:>5} " + " ".join(f"{_mean(rs, k) * 1e3:8.2f}" for k in keys)
                   + f" {_mean(rs, 'imbalance'):9.3f} {_mean(rs, 'replicas'):8.1f} {_mean(rs, 'recall'):6.3f} {_mean(rs, 'count_error'):7.3f}")
     print("\nper policy (mean over layers and steps):")
-    print(f"{'policy':<9} {'imbalance':>9} {'layer ms':>9} {'recall':>6} {'cnt err':>7} {'plan hidden':>11} {'copy hidden':>11}")
+    print(f"{'policy':<12} {'imbalance':>9} {'layer ms':>9} {'recall':>6} {'cnt err':>7} {'plan hidden':>11} {'copy hidden':>11}")
     for pol in policies:
         rs = [r for r in records if r["policy"] == pol]
 
-        print(f"{pol:<9} {_mean(rs, 'imbalance'):9.3f} {_mean(rs, 'layer_s') * 1e3:9.2f} {_mean(rs, 'recall'):6.3f} "
+        print(f"{pol:<12} {_mean(rs, 'imbalance'):9.3f} {_mean(rs, 'layer_s') * 1e3:9.2f} {_mean(rs, 'recall'):6.3f} "
               f"{_mean(rs, 'count_error'):7.3f} {_hidden(rs, 'plan_s', 'plan_exposed_s')} {_hidden(rs, 'copy_s', 'copy_exposed_s')}")
     if "untrained" in recalls:
         print(f"lookahead predictor top-k recall on a held-out batch: {recalls['untrained']:.3f} untrained (cloned routers)"

@@ -176,7 +176,9 @@ class _Ahead:
                 raise TimeoutError(f"planning did not finish within {timeout_s:g} s (a peer stalled)")
         if self.error is not None:
             raise self.error
-        return self.plan, self.job, self.plan_s, time.perf_counter() - t0
+        # planned on the caller's thread: the caller waited for all of it
+        waited = self.plan_s if self.thread is None else time.perf_counter() - t0
+        return self.plan, self.job, self.plan_s, waited
 
 
 class MoEStack:
