@@ -110,3 +110,17 @@ def test_distillation_raises_held_out_top_k_recall():
     after = topk_recall(p.topk(h_test), truth)
     assert losses[-1] < losses[0] and after > before + 0.01, (before, after)
     assert 0 < p.noise < float(z_test.std())  # the measured logit error feeds the expected counts
+
+
+def test_expected_counts_keep_the_batch_total_in_every_corner():
+    from probe_runtime.predictor import LookaheadPredictor
+
+    g = torch.Generator().manual_seed(1)
+    router, h = torch.randn(16, 128, generator=g), torch.randn(1, 16, generator=g)
+    p = LookaheadPredictor(router, None, 2)
+    p.noise = 10.0  # one token, very uncertain: every expected count under half a token
+    assert p.expected_counts(h).sum() == pytest.approx(2.0)
+    p.noise = float("nan")  # a diverged distillation must not turn the loads into NaN
+    assert np.isfinite(p.expected_counts(h)).all() and p.expected_counts(h).sum() == pytest.approx(2.0)
+    every = LookaheadPredictor(torch.randn(16, 4, generator=g), None, 4)  # top-k = every expert
+    assert every.expected_counts(torch.randn(3, 16, generator=g)).tolist() == [3.0] * 4

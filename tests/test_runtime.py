@@ -347,6 +347,12 @@ def test_probe_run_lookahead_reports_its_predictions_and_records_the_loads(tmp_p
     by = {(r["policy"], r["step"], r["layer"]): r for r in doc["records"]}
     assert 0.0 < by[("lookahead", 0, 1)]["recall"] <= 1.0 and by[("lookahead", 0, 1)]["count_error"] >= 0.0
     assert by[("lookahead", 0, 0)]["recall"] is None  # layer 0 runs on history: no lookahead prediction
-    z = np.load(rec)
-    assert z["lookahead_real"].shape == (2, 2, 2, 128) and z["lookahead_predicted"].shape == (2, 2, 2, 128)
-    assert np.isnan(z["static_predicted"]).all() and (z["lookahead_real"].sum(axis=(2, 3)) == 2 * 128 * 8).all()
+    from probe_planner import TraceError
+    from probe_planner.traces import recorded_loads
+
+    pred, real = recorded_loads(rec, "lookahead")
+    assert real.shape == (2, 2, 2, 128) and pred.shape == (2, 2, 2, 128)
+    assert np.isnan(recorded_loads(rec, "static")[0]).all() and (real.sum(axis=(2, 3)) == 2 * 128 * 8).all()
+    assert np.isfinite(pred[:, 1]).all() and abs(pred[:, 1].sum() - real[:, 1].sum()) < 1e-6 * real[:, 1].sum()
+    with pytest.raises(TraceError, match="oracle"):
+        recorded_loads(rec, "oracle")

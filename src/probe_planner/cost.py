@@ -105,7 +105,7 @@ def single_host_pass(n, sole, sole_node, weight, node_of, total, ntot, vol):
         vol[s, 3] = row - same
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)  # the runtime plans in a worker thread: let the layers run
 def evaluate_arrays(loads, route_idx, route_tok, replicas, sole, node_of, p):
     """Per-(layer, rank) tokens processed, compute, comm and transfer µs; see :func:`evaluate`. Checks
     nothing: the arrays must be contiguous float64 / int64 (``evaluate`` makes them so)."""

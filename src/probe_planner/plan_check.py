@@ -188,7 +188,7 @@ def _largest(flat):
     return m
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)  # the runtime plans in a worker thread: let the layers run
 def check_plan(loads, rep, ri, rt, native, n_native, rpn, slots, win, unit_intra, unit_inter, integral, rel_tol):
     """Check every plan invariant (module docstring); return ``(code, a, b, c, d, x, y)``: code ``OK``
     (0) when the plan is valid, else the first violation with its indices ``a..d`` and values ``x, y``.

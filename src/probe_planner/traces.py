@@ -115,3 +115,21 @@ def domain_counts(model: str = "olmoe", trace_dir: str | Path | None = None) -> 
         raise TraceError(f"model must be one of {sorted(DOMAINS)}, got {model!r}")
     with _open(DOMAINS[model], trace_dir) as z:
         return {str(d): z["counts_topk"][i].astype(np.float64) for i, d in enumerate(z["domains"])}
+
+
+def recorded_loads(path: str | Path, policy: str) -> tuple[np.ndarray, np.ndarray]:
+    """A ``probe-run --record`` file: ``(predicted, real)`` ``[steps, layers, G, E]`` loads of one
+    policy — what its plans were made for (NaN where the plan was static) and what was routed — for
+    replay (score plans for the predicted loads on the real ones through a DispatchRule)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = {f"{policy}_predicted", f"{policy}_real"}
+            if not keys <= set(z.files):
+                have = sorted({k.rsplit("_", 1)[0] for k in z.files if k.endswith("_real")})
+                raise TraceError(f"{path} holds no loads of policy {policy!r}; it has {have}")
+            pred, real = z[f"{policy}_predicted"], z[f"{policy}_real"]
+    except (OSError, ValueError) as exc:
+        raise TraceError(f"cannot read recorded loads {path}: {exc}") from exc
+    if pred.shape != real.shape or pred.ndim != 4:
+        raise TraceError(f"{path}: predicted {list(pred.shape)} and real {list(real.shape)} must be the same [S, L, G, E]")
+    return pred.astype(np.float64), real.astype(np.float64)

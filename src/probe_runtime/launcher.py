@@ -136,7 +136,8 @@ def _worker(rank: int, args: argparse.Namespace, port: int) -> None:
                     proc = m[:, -1]
                     rec = {"policy": policy, "step": step, "layer": r.layer, "replicas": r.replicas,
                            "imbalance": float(proc.max() / proc.mean()) if proc.mean() > 0 else 1.0,
-                           "tokens_per_rank": proc.tolist(), "recall": float(np.mean(m[:, -2])), "count_error": r.count_error}
+                           "tokens_per_rank": proc.tolist(), "recall": float(np.mean(m[:, -2])), "count_error": r.count_error,
+                           "predicted_by": r.predicted_by}
                     rec.update({f: float(m[:, i].max()) for i, f in enumerate(FIELDS)})  # a layer lasts as long as its slowest rank
                     records.append(rec)
             loads[policy] = (np.array(pred), np.array(real))
@@ -179,13 +180,14 @@ def _report(records: list[dict], recalls: dict, args: argparse.Namespace, device
             rs = [r for r in records if r["policy"] == pol and r["layer"] == lay]
             print(f"{pol:<12} {lay:>5} " + " ".join(f"{_mean(rs, k) * 1e3:8.2f}" for k in keys)
                   + f" {_mean(rs, 'imbalance'):9.3f} {_mean(rs, 'replicas'):8.1f} {_mean(rs, 'recall'):6.3f} {_mean(rs, 'count_error'):7.3f}")
-    print("\nper policy (mean over layers and steps):")
+    print("\nper policy (mean over layers and steps; count error over the layers the policy's own prediction planned):")
     print(f"{'policy':<12} {'imbalance':>9} {'layer ms':>9} {'recall':>6} {'cnt err':>7} {'plan hidden':>11} {'copy hidden':>11}")
     for pol in policies:
         rs = [r for r in records if r["policy"] == pol]
 
+        own = [r for r in rs if r["predicted_by"] == pol] or rs  # lookahead/coactivation: not layer 0's history fallback
         print(f"{pol:<12} {_mean(rs, 'imbalance'):9.3f} {_mean(rs, 'layer_s') * 1e3:9.2f} {_mean(rs, 'recall'):6.3f} "
-              f"{_mean(rs, 'count_error'):7.3f} {_hidden(rs, 'plan_s', 'plan_exposed_s')} {_hidden(rs, 'copy_s', 'copy_exposed_s')}")
+              f"{_mean(own, 'count_error'):7.3f} {_hidden(rs, 'plan_s', 'plan_exposed_s')} {_hidden(rs, 'copy_s', 'copy_exposed_s')}")
     if "untrained" in recalls:
         print(f"lookahead predictor top-k recall on a held-out batch: {recalls['untrained']:.3f} untrained (cloned routers)"
               + (f", {recalls['trained']:.3f} after distilling on {args.distill_steps} other batches" if "trained" in recalls else ""))
@@ -194,7 +196,8 @@ def _report(records: list[dict], recalls: dict, args: argparse.Namespace, device
     if args.out:
         plain = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in records]
         with open(args.out, "w") as fh:  # strict JSON: no prediction is null, not NaN
-            json.dump({"args": vars(args), "recall": recalls, "records": plain}, fh, default=float, allow_nan=False)
+            json.dump({"args": vars(args), "recall": {k: None if math.isnan(v) else v for k, v in recalls.items()},
+                       "records": plain}, fh, default=float, allow_nan=False)
         print(f"metrics written to {args.out}")
 
 

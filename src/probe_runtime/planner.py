@@ -33,7 +33,8 @@ class EmbeddedPlanner:
         self.replicated = replicated
         self.device = torch.device(device)
         self.group = group  # the planner's collectives' group (None: the default one); a stack that
-        # plans in a worker thread gives it a group of its own, so they never interleave with the layers
+        # plans in a worker thread gives it a gloo group of its own (and a CPU device), so they never
+        # interleave with the layers
         self._static: Plan | None = None
         self.last_s = 0.0  # wall time of the last plan(), this rank (the solve, and the broadcast)
         self.agreed = True  # replicated: whether the ranks' last plans agreed

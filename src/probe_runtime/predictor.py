@@ -5,6 +5,8 @@ against the true router's distribution at l+1."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,30 +41,39 @@ class LookaheadPredictor(torch.nn.Module):
         return h @ self.router + self.bias + self.down(F.silu(self.up(h)))
 
     @torch.no_grad()
-    def membership(self, h: torch.Tensor) -> torch.Tensor:
+    def membership(self, h: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """``[T, E]`` each expert's chance of being in the token's top-k. The router's top-k is a
         deterministic cut of its logits, so the uncertainty is the prediction's own: Gaussian-like
         logit noise of scale :attr:`noise` (the RMS logit error :meth:`distill` measured; tiny before
         any, i.e. the predicted top-k) around the cut between the k-th and (k+1)-th predicted logits;
         rows rescaled to sum to ``k``. (``k × softmax`` would spread a flat router's mass over every
-        expert: 90–130% count error on the runtime's skewed routing, against 3–9% for the top-k.)"""
-        z = self.logits(h)
-        top = torch.topk(z, min(self.top_k + 1, z.shape[1]), dim=-1).values
+        expert: 90–130% count error on the runtime's skewed routing, against 3–9% for the top-k.)
+        ``z``: the logits when the caller has them."""
+        z = self.logits(h) if z is None else z
+        if self.top_k >= z.shape[1]:  # every expert, every token
+            return torch.ones_like(z)
+        top = torch.topk(z, self.top_k + 1, dim=-1).values
         cut = top[:, self.top_k - 1:self.top_k + 1].mean(dim=-1, keepdim=True)
-        scale = max(self.noise, 1e-6)
+        scale = self.noise if math.isfinite(self.noise) and self.noise > 1e-6 else 1e-6
         m = torch.sigmoid(1.702 * (z - cut) / scale)  # the logistic approximation of the normal CDF
         return m * (self.top_k / m.sum(dim=-1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
-    def expected_counts(self, h: torch.Tensor) -> np.ndarray:
+    def expected_counts(self, h: torch.Tensor, z: torch.Tensor | None = None) -> np.ndarray:
         """``[E]`` expected tokens per expert for this rank's batch (expectations, not argmax, so the
         planner sees uncertainty as spread load; sums to ``T·k``). Expected counts under half a token
-        are dropped (the rest rescaled): the cost model charges an active expert its roofline floor
-        however few tokens it gets, and dust on every expert made every copy look unprofitable."""
-        c = to_numpy(self.membership(h).sum(dim=0)).astype(np.float64)
-        total = c.sum()
-        c[c < 0.5] = 0.0
-        return c * (total / c.sum()) if c.sum() > 0 else c
+        are dropped (the rest rescaled; all kept when every one is under): the cost model charges an
+        active expert its roofline floor however few tokens it gets, and dust on every expert made
+        every copy look unprofitable."""
+        c = to_numpy(self.membership(h, z).sum(dim=0)).astype(np.float64)
+        total, kept = c.sum(), np.where(c >= 0.5, c, 0.0)
+        return kept * (total / kept.sum()) if kept.sum() > 0 else c
+
+    @torch.no_grad()
+    def predict(self, h: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """``(expected counts [E], predicted top-k ids [T, k])`` from one evaluation of the logits."""
+        z = self.logits(h)
+        return self.expected_counts(h, z), torch.topk(z, self.top_k, dim=-1).indices
 
     @torch.no_grad()
     def topk(self, h: torch.Tensor) -> torch.Tensor:
@@ -81,8 +92,10 @@ class LookaheadPredictor(torch.nn.Module):
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        with torch.no_grad():  # how far off the logits still are: the spread membership() assumes
-            self.noise = float((self.logits(h) - target_logits).pow(2).mean().sqrt())
+        with torch.no_grad():  # how far off the logits still are: the spread membership() assumes;
+            # centred per token, as softmax (and the top-k) ignore a token's common offset
+            d = self.logits(h) - target_logits
+            self.noise = float((d - d.mean(dim=-1, keepdim=True)).pow(2).mean().sqrt())
         return losses
 
 

@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ import torch.distributed as dist
 from probe_planner import DispatchRule, Plan, PlanInvalidError, Topology
 from probe_planner.predict import CoactivationPredictor, HistoryPredictor, count_error
 
-from .device import backend_for, to_numpy
+from .device import to_numpy
 from .experts import ExpertBank, reference_moe, seeded_experts
 from .moe_layer import EPMoELayer
 from .planner import EmbeddedPlanner
@@ -135,6 +136,7 @@ class LayerRecord:
     count_error: float
     predicted: np.ndarray
     real: np.ndarray
+    predicted_by: str = "static"  # what the loads planned for came from: the policy, or "history" (fallback)
 
 
 class _Ahead:
@@ -151,6 +153,8 @@ class _Ahead:
 
         def run() -> None:
             try:
+                if stack.device.type == "cuda":  # a new thread starts on GPU 0: the copies' events must be this rank's
+                    torch.cuda.set_device(stack.device)
                 t0 = time.perf_counter()
                 self.plan = stack.planner.plan(loads)
                 self.plan_s = time.perf_counter() - t0
@@ -202,8 +206,10 @@ class MoEStack:
         self.policy, self.planner, self.topology = policy, planner, topology
         self.timeout = timeout
         self.threaded = threaded
-        if threaded:  # a collective: every rank builds its stacks in the same order
-            planner.group = dist.new_group(backend=backend_for(self.device), timeout=timeout)
+        if threaded:  # a collective: every rank builds its stacks in the same order. Plans are host
+            # data: gloo, whatever the device, so no third NCCL communicator runs beside the layers'
+            planner.group = dist.new_group(backend="gloo", timeout=timeout)
+            planner.device = torch.device("cpu")
         self.pool = SlotPool(topology.slots, weights.banks[0], self.device, buffers=min(2, L), timeout=timeout,
                              chunk_bytes=chunk_bytes)
         self.layers = [EPMoELayer(topology, weights.routers[i], weights.banks[i], topology.model.top_k, pool=self.pool,
@@ -222,23 +228,32 @@ class MoEStack:
         self.inputs: dict[int, list[torch.Tensor]] = {}
         self.true_logits: dict[int, list[torch.Tensor]] = {}
 
-    def _loads_ahead(self, lay: int, routed) -> np.ndarray | None | bool:
+    def _loads_ahead(self, lay: int, routed) -> tuple[np.ndarray | None | bool, str]:
         """The loads layer ``lay`` is planned for before its router runs (``None``: static), or
-        ``False`` when they are known only after it (oracle)."""
+        ``False`` when they are known only after it (oracle); and where they come from."""
         if self.policy == "oracle":
-            return False
+            return False, "oracle"
         if self.policy == "static":
-            return None
+            return None, "static"
         if self.policy in PREDICTED and lay > 0 and routed is not None and routed.extra is not None:
-            return routed.extra
-        return self.history.predict(lay)
+            return routed.extra, self.policy
+        h = self.history.predict(lay)
+        return h, "history" if h is not None else "static"
 
-    def _start(self, lay: int, loads: np.ndarray | None, threaded: bool) -> _Ahead:
+    def _coactivation_guess(self, nxt: int, counts: np.ndarray, ids) -> np.ndarray:
+        # numbers on every rank, or the all-gather's sizes would differ: a rank that has learnt
+        # nothing yet (no tokens so far) guesses its own counts
+        p = self.coactivation.predict(nxt, counts)
+        return p if p is not None else counts
+
+    def _start(self, lay: int, loads: np.ndarray | None, source: str, threaded: bool) -> _Ahead:
         # buffers in the order copies start: consecutive layers (and a step's last layer and the
         # next step's first, whatever the layer count) always land in different buffers
         buffer = self._starts % self.pool.buffers
         self._starts += 1
-        return _Ahead(self, lay, loads, buffer, threaded)
+        ahead = _Ahead(self, lay, loads, buffer, threaded)
+        ahead.source = source
+        return ahead
 
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, list[LayerRecord]]:
         """One batch ``x [T, hidden]`` (this rank's tokens) through every layer."""
@@ -256,24 +271,24 @@ class MoEStack:
             nxt = (lay + 1) % L  # the next layer, or the next batch's first
             guess = None
             if self.policy == "lookahead" and lay + 1 < L:
-                guess = self.predictors[lay + 1].expected_counts(h)
-                self._guess[lay + 1] = self.predictors[lay + 1].topk(h)
+                guess, self._guess[lay + 1] = self.predictors[lay + 1].predict(h)
             elif self.policy == "coactivation" and lay + 1 < L and self._steps > 0:  # nothing learnt before
-                guess = lambda counts, ids, nxt=lay + 1: self.coactivation.predict(nxt, counts)  # noqa: E731
+                guess = partial(self._coactivation_guess, lay + 1)
             routed = layer.route(h, self.biases[lay], extra=guess)
             if self.policy == "coactivation":
                 if lay > 0:
                     self.coactivation.observe_tokens(lay, to_numpy(self._ids.pop(lay - 1)), to_numpy(routed.ids))
                 self._ids[lay] = routed.ids
             if lay not in self._ahead:  # oracle (needs this batch's counts), or nothing ran before it
-                loads = self._loads_ahead(lay, None)
-                self._ahead[lay] = self._start(lay, routed.counts if loads is False else loads, threaded=False)
+                loads, source = self._loads_ahead(lay, None)
+                self._ahead[lay] = self._start(lay, routed.counts if loads is False else loads, source, threaded=False)
             ahead_now = self._ahead.pop(lay)
             plan, job, plan_s, plan_wait = ahead_now.result(self.timeout.total_seconds())
             # then the next layer's: one planner thread at a time, so the planner's collectives and
             # the copy jobs keep one order on every rank
-            if nxt != lay and nxt not in self._ahead and self._loads_ahead(nxt, routed) is not False:
-                self._ahead[nxt] = self._start(nxt, self._loads_ahead(nxt, routed), self.threaded)
+            loads, source = self._loads_ahead(nxt, routed)
+            if nxt != lay and nxt not in self._ahead and loads is not False:
+                self._ahead[nxt] = self._start(nxt, loads, source, self.threaded)
             layer.finish_replicas(job)  # waits only for what the previous layer's compute did not cover
             hook = self._ahead[nxt].go.set if nxt in self._ahead and nxt != lay else None
             y = layer.forward(h, DispatchRule(plan), 0, routed=routed, during_compute=hook)
@@ -286,7 +301,8 @@ class MoEStack:
             records.append(LayerRecord(lay, plan_s, plan_wait, st.copy_s, st.copy_exposed_s, st.copy_paused_s, attention_s,
                                        st.route_s, st.split_s, st.dispatch_s, st.compute_s, st.combine_s,
                                        time.perf_counter() - t0, st.tokens_processed, int(plan.num_replicas), recall, err,
-                                       pred if isinstance(pred, np.ndarray) else np.full((G, E), np.nan), routed.counts))
+                                       pred if isinstance(pred, np.ndarray) else np.full((G, E), np.nan), routed.counts,
+                                       ahead_now.source))
         self._ids.clear()
         self._steps += 1
         return x, records

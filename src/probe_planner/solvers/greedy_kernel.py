@@ -325,7 +325,7 @@ def _lookahead(mk, g, n_exp, n_dest, slots, integral, n, total, is_host, hosts, 
     return -1, -1, -1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)  # the runtime plans in a worker thread: let the layers run
 def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves, n_dest, n_exp, max_swaps, max_look,
                 max_ties, deadline):
     """Plan every layer of ``loads [L, G, E]``.
