@@ -1,0 +1,209 @@
+"""Step-level serving simulator: every policy on the same real routing, timed by the one cost model.
+
+Per step and MoE layer the simulator has the real loads ``[G, E]``. A policy makes a *prediction*
+(oracle: the real loads; history: the previous step's; lookahead: the real loads perturbed to a
+top-k recall, :func:`perturb`), a *plan* from it, and the plan is *executed*: its placement and
+copies stay as planned, the real tokens are split by its :class:`~probe_planner.DispatchRule`, and
+the layer is timed by the cost model. Time is charged, never ignored, for:
+
+- copies beyond the hiding window (``exposed_copy_us``: the plan's copy time over the window; the
+  per-batch planners' copies fit by construction, so 0 for them);
+- planner wall time beyond the window it hides in (``exposed_plan_us``: measured ``solve()`` time
+  over the window; the window is the previous layer's time the plan overlaps);
+- long-lived re-placements (EPLB-style): the weight moves' time at the card's bandwidths as a stall
+  (``stall_us``) in the step that re-places (vLLM's default is asynchronous now; the stall is the
+  synchronous case and the upper bound);
+- non-MoE time per layer (attention projections, norms): :func:`non_moe_us`, a roofline estimate
+  from the model card — ``max(tokens · 8·H² FLOPs / peak, 4·H² weights · bytes / HBM)`` on the
+  busiest rank — so end-to-end ratios are not MoE-only ratios.
+
+Policies (:class:`Policy`): ``static``; ``per-batch`` (a solver on a prediction every step);
+``eplb`` (EPLB-style placement every ``interval`` steps from the last ``history`` steps' totals,
+even dispatch; ``dispatch="lplb"`` for LPLB); ``capacity`` (drop / reroute at ``gamma``, lossy:
+dropped and rerouted fractions reported).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .api import solve
+from .baselines.eplb import eplb_placement
+from .budget import Budget
+from .cost import CostParams
+from .dispatch import DispatchRule
+from .errors import LoadsError, SolverError
+from .topology import Topology
+from .window import copy_times_us
+
+PREDICTIONS = ("oracle", "history", "lookahead")
+KINDS = ("static", "per-batch", "eplb", "capacity")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One policy. ``kind``: see the module doc; ``solver``/``prediction``/``recall`` for
+    per-batch; ``interval``/``history``/``hierarchical``/``dispatch`` for eplb; ``mode``/``gamma``
+    for capacity."""
+
+    name: str
+    kind: str = "static"
+    solver: str = "greedy"
+    prediction: str = "oracle"
+    recall: float = 0.9
+    interval: int = 3000
+    history: int = 1000
+    hierarchical: bool = False
+    dispatch: str = "even"
+    mode: str = "drop"
+    gamma: float = 1.5
+    plan_window_us: float | None = None  # per-batch: the window plans are made for (None: the real one)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise SolverError(f"policy {self.name}: kind must be one of {list(KINDS)}, got {self.kind!r}")
+        if self.prediction not in PREDICTIONS:
+            raise SolverError(f"policy {self.name}: prediction must be one of {list(PREDICTIONS)}, got {self.prediction!r}")
+        if not 0.0 <= self.recall <= 1.0:
+            raise SolverError(f"policy {self.name}: recall must lie in [0, 1], got {self.recall!r}")
+        if self.interval < 1 or self.history < 1:
+            raise SolverError(f"policy {self.name}: interval and history must be >= 1 steps")
+
+
+@dataclass
+class StepRecord:
+    """One step of one policy (µs; dropped/rerouted are token-assignment counts)."""
+
+    policy: str
+    step: int
+    moe_us: float
+    non_moe_us: float
+    exposed_copy_us: float
+    exposed_plan_us: float
+    stall_us: float
+    imbalance: float
+    dropped: float
+    rerouted: float
+    tokens: float
+    layer_us: list[float] = field(default_factory=list)
+
+    @property
+    def total_us(self) -> float:
+        return self.moe_us + self.non_moe_us + self.exposed_copy_us + self.exposed_plan_us + self.stall_us
+
+
+def non_moe_us(topology: Topology, tokens_per_rank: np.ndarray) -> float:
+    """Roofline estimate of one layer's non-MoE time on the busiest rank (module doc)."""
+    m = topology.model
+    flops = 8.0 * m.hidden * m.hidden * float(np.max(tokens_per_rank, initial=0.0))
+    weights = 4.0 * m.hidden * m.hidden * m.weight_bytes
+    return max(flops / topology.peak_flops, weights / topology.hbm_bw) * 1e6
+
+
+def perturb(loads: np.ndarray, recall: float, rng: np.random.Generator) -> np.ndarray:
+    """``loads [G, E]`` with a fraction ``1 - recall`` of each source's assignments (binomially)
+    moved to experts drawn uniformly: the counts a predictor with that top-k recall would give if
+    its misses were uncorrelated with popularity — the pessimistic case, which flattens the hot
+    experts the plan needs to see (misses drawn by popularity would leave the counts nearly as they
+    are). Whole numbers stay whole; each source keeps its total."""
+    n = np.asarray(loads, dtype=np.float64)
+    if recall >= 1.0:
+        return n.copy()
+    pop = np.full(n.shape[1], 1.0 / n.shape[1])
+    out = np.empty_like(n)
+    for s in range(n.shape[0]):
+        kept = rng.binomial(n[s].astype(np.int64), recall).astype(np.float64)
+        moved = int(n[s].sum() - kept.sum())
+        out[s] = kept + rng.multinomial(moved, pop)
+    return out
+
+
+def simulate(loads: np.ndarray, topology: Topology, window_us: float, policies: list[Policy], *,
+             budget_s: float = 0.05, seed: int = 0, progress=None) -> list[StepRecord]:
+    """Every policy over ``loads [S, L, G, E]`` (see the module doc); one record per policy and
+    step. ``budget_s``: each solve's time budget; ``progress(n)`` after each policy step."""
+    x = np.asarray(loads, dtype=np.float64)
+    if x.ndim != 4 or x.shape[2:] != topology.native.shape:
+        raise LoadsError(f"loads must be [S, L, G={topology.num_ranks}, E={topology.num_experts}], got {list(x.shape)}")
+    if not np.isfinite(x).all() or (x < 0).any():
+        raise LoadsError("loads must be finite and >= 0")
+    names = [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise SolverError(f"policy names must be distinct, got {names}")
+    budget = Budget(window_us=window_us, time_limit_s=budget_s)
+    top_k = topology.model.top_k
+    out = []
+    for pol in policies:
+        rng = np.random.default_rng(seed)
+        placement, mig = None, None
+        for s in range(x.shape[0]):
+            rec = StepRecord(pol.name, s, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, float(x[s].sum()))
+            if pol.kind == "eplb" and s % pol.interval == 0 and s > 0:
+                lo = max(0, s - pol.history)
+                placement = eplb_placement(x[lo:s].sum(axis=(0, 2)), topology, topology.num_ranks * topology.slots,
+                                           hierarchical=pol.hierarchical)
+                mig = placement.migration(topology, window_us)
+                rec.stall_us = float(mig.time_us.max(initial=0.0))  # all layers move at once: the slowest rank's time
+            imb = []
+            for lay in range(x.shape[1]):
+                real = x[s, lay]
+                mk, ib = _layer(pol, s, lay, x, real, topology, budget, placement, rng, rec)
+                rec.layer_us.append(mk)
+                rec.moe_us += mk
+                imb.append(ib)
+                rec.non_moe_us += non_moe_us(topology, real.sum(axis=1) / top_k)
+            rec.imbalance = float(np.mean(imb))
+            out.append(rec)
+            if progress is not None:
+                progress(1)
+    return out
+
+
+def _layer(pol: Policy, s: int, lay: int, x: np.ndarray, real: np.ndarray, topo: Topology, budget: Budget, placement,
+           rng: np.random.Generator, rec: StepRecord) -> tuple[float, float]:
+    """One layer under ``pol``: its makespan on the real loads (µs) and imbalance; charges exposed
+    time and lossy counts to ``rec``."""
+    if pol.kind == "static" or (pol.kind == "eplb" and placement is None):
+        plan = solve(real, topo, budget, solver="static")
+        return plan.makespan_us, plan.imbalance_ratio
+    if pol.kind == "eplb":
+        plan = solve(real, placement.topology(topo, lay), budget, solver=pol.dispatch)
+        return plan.makespan_us, plan.imbalance_ratio
+    if pol.kind == "capacity":
+        from .baselines import capacity
+
+        res = (capacity.drop if pol.mode == "drop" else capacity.reroute)(real, topo, pol.gamma)
+        rec.dropped += float(res.dropped.sum())
+        rec.rerouted += float(res.rerouted.sum())
+        plan = solve(res.loads, topo, budget, solver="static")
+        return plan.makespan_us, plan.imbalance_ratio
+    # per-batch: predict, plan, run the real tokens through the plan's dispatch rule
+    if pol.prediction == "oracle":
+        guess = real
+    elif pol.prediction == "history":
+        guess = x[s - 1, lay] if s > 0 else None
+    else:
+        guess = perturb(real, pol.recall, rng)
+    if guess is None:
+        plan = solve(real, topo, budget, solver="static")
+        return plan.makespan_us, plan.imbalance_ratio
+    window = float(np.min(budget.window_us))
+    plan_budget = budget if pol.plan_window_us is None else Budget(window_us=pol.plan_window_us, time_limit_s=budget.time_limit_s)
+    t0 = time.perf_counter()
+    planned = solve(guess, topo, plan_budget, solver=pol.solver)
+    solve_us = (time.perf_counter() - t0) * 1e6
+    rec.exposed_plan_us += max(0.0, solve_us - window)
+    rec.exposed_copy_us += max(0.0, copy_time_us(planned, topo) - window)
+    plan = planned if guess is real else DispatchRule(planned).executed(real[None])
+    return plan.makespan_us, plan.imbalance_ratio
+
+
+def copy_time_us(plan, topo: Topology) -> float:
+    """The longest rank's time for a one-layer plan's copies (the window rule's model)."""
+    p = CostParams.from_topology(topo)
+    rep = plan.replicas
+    t = copy_times_us(rep[:, 2], rep[:, 3], topo.ranks_per_node, topo.num_ranks, p.copy_intra_us, p.copy_inter_us)
+    return float(t.max(initial=0.0))
