@@ -100,3 +100,22 @@ def test_the_simulator_refuses_bad_input():
         Policy("x", "magic")
     with pytest.raises(SolverError):
         simulate(np.ones((1, 1, 2, 4)), topo, 0.0, [Policy("a"), Policy("a")])
+
+
+@pytest.mark.traces
+@pytest.mark.slow
+def test_probe_bench_simulate_runs_every_scenario(trace_dir, tmp_path, capsys):
+    from probe_planner.harness.cli import main
+
+    assert main(["simulate", "--quick", "--steps", "3", "--trace-dir", str(trace_dir), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    for scenario in ("prefill", "decode", "shift", "top1"):
+        assert f"| {scenario} | static |" in printed and f"| {scenario} | greedy-lookahead90 |" in printed
+    assert (tmp_path / "simulate.csv").stat().st_size > 0 and (tmp_path / "simulate.png").stat().st_size > 0
+
+
+def test_probe_bench_simulate_refuses_bad_arguments(tmp_path, capsys):
+    from probe_planner.harness.cli import main
+
+    assert main(["simulate", "--steps", "1", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("probe-bench simulate: error:")

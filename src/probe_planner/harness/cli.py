@@ -1,6 +1,7 @@
 """``probe-bench``: run benchmark scenarios, print the summary table, write CSV, JSON and PNGs.
 
     probe-bench --quick                      # the README's table, a few minutes at most
+    probe-bench simulate --quick             # the serving simulator (:mod:`.simulate_cli`)
     probe-bench                              # the full set
     probe-bench --source zipf --cluster h100x16-ib --steps 6 --layers 8 --methods static greedy eplb drop
 
@@ -83,6 +84,11 @@ def _run(sc: Scenario) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["simulate"]:  # probe-bench simulate: the end-to-end simulator
+        from .simulate_cli import main as simulate_main
+
+        return simulate_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.jobs < 1:
