@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=0.0003, help="each solve's budget (default: the 300 us window)")
     ap.add_argument("--recall", type=float, default=0.9, help="the lookahead predictions' top-k recall")
     ap.add_argument("--gamma", type=float, default=1.5)
-    ap.add_argument("--prefill-scale", type=int, default=8, help="prefill: each window's counts times this (bigger batches, same routing)")
+    ap.add_argument("--prefill-tokens", type=int, default=8192,
+                    help="prefill: tokens per step (each trace window's counts scaled up to about this: the same routing, a serving-size batch)")
     ap.add_argument("--eplb-interval", type=int, default=None)
     ap.add_argument("--trace-dir", default=None)
     ap.add_argument("--out", default="probe-bench-out")
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         results, summary = {}, []
         for name in args.scenarios:
-            sc = build(name, args.cluster, steps, args.trace_dir, prefill_scale=args.prefill_scale)
+            scale = max(1, round(args.prefill_tokens / (2050 // steps)))
+            sc = build(name, args.cluster, steps, args.trace_dir, prefill_scale=scale)
             pols = policies(sc.loads.shape[0], args.recall, args.gamma, args.eplb_interval)
             recs = simulate(sc.loads, sc.topology, args.window_us, pols, budget_s=args.budget_s)
             results[name] = (sc, recs)
