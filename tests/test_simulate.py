@@ -119,3 +119,28 @@ def test_probe_bench_simulate_refuses_bad_arguments(tmp_path, capsys):
 
     assert main(["simulate", "--steps", "1", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("probe-bench simulate: error:")
+
+
+def test_online_re_places_one_layer_a_step_and_exposes_the_moves_beyond_the_window():
+    topo = make_topology(1, 2, 2, slots=1)
+    x = _hot(3, 2)
+    recs = simulate(x, topo, 0.0, [Policy("online", "online", history=1)])
+    by = {r.step: r for r in recs}
+    assert by[0].exposed_copy_us == 0.0  # nothing to learn from yet
+    first = eplb_placement(x[0:1, 0].sum(axis=1), topo, 2)  # step 1 re-places layer 0 from step 0
+    assert by[1].exposed_copy_us == pytest.approx(first.migration(topo).time_us[0]) and by[1].stall_us == 0.0
+    second = eplb_placement(x[1:2, 1].sum(axis=1), topo, 2)  # step 2: layer 1, from the sharded placement
+    assert by[2].exposed_copy_us == pytest.approx(second.migration(topo).time_us[0])
+
+
+def test_recorded_predictions_are_what_the_plans_are_made_for():
+    topo = make_topology(1, 2, 2, slots=1, hidden=2048, ffn=768)
+    x = _hot(2, 1)
+    nan = np.full_like(x, np.nan)
+    pols = [Policy("static"), Policy("oracle", "per-batch"), Policy("rec", "per-batch", prediction="recorded")]
+    same = {r.policy: r.moe_us for r in simulate(x, topo, 1e9, pols, recorded=x) if r.step == 1}
+    assert same["rec"] == same["oracle"]  # a perfect recording plans like the oracle
+    none = {r.policy: r.moe_us for r in simulate(x, topo, 1e9, pols, recorded=nan) if r.step == 1}
+    assert none["rec"] == none["static"]  # NaN: no prediction, the static plan
+    with pytest.raises(SolverError):
+        simulate(x, topo, 1e9, pols)

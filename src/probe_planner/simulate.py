@@ -2,7 +2,8 @@
 
 Per step and MoE layer the simulator has the real loads ``[G, E]``. A policy makes a *prediction*
 (oracle: the real loads; history: the previous step's; lookahead: the real loads perturbed to a
-top-k recall, :func:`perturb`), a *plan* from it, and the plan is *executed*: its placement and
+top-k recall, :func:`perturb`; recorded: the loads a run planned for, e.g. ``probe-run --record``'s
+lookahead predictions), a *plan* from it, and the plan is *executed*: its placement and
 copies stay as planned, the real tokens are split by its :class:`~probe_planner.DispatchRule`, and
 the layer is timed by the cost model. Time is charged, never ignored, for:
 
@@ -20,7 +21,9 @@ the layer is timed by the cost model. Time is charged, never ignored, for:
 
 Policies (:class:`Policy`): ``static``; ``per-batch`` (a solver on a prediction every step);
 ``eplb`` (EPLB-style placement every ``interval`` steps from the last ``history`` steps' totals,
-even dispatch; ``dispatch="lplb"`` for LPLB); ``capacity`` (drop / reroute at ``gamma``, lossy:
+even dispatch; ``dispatch="lplb"`` for LPLB); ``online`` (TensorRT-LLM-style: one layer re-placed
+per step, round robin, from its last ``history`` steps, its weight moves in the background during
+the step: the part beyond the window is exposed); ``capacity`` (drop / reroute at ``gamma``, lossy:
 dropped and rerouted fractions reported).
 """
 
@@ -39,8 +42,8 @@ from .errors import LoadsError, SolverError
 from .topology import Topology
 from .window import copy_times_us
 
-PREDICTIONS = ("oracle", "history", "lookahead")
-KINDS = ("static", "per-batch", "eplb", "capacity")
+PREDICTIONS = ("oracle", "history", "lookahead", "recorded")
+KINDS = ("static", "per-batch", "eplb", "online", "capacity")
 
 
 @dataclass(frozen=True)
@@ -122,14 +125,21 @@ def perturb(loads: np.ndarray, recall: float, rng: np.random.Generator) -> np.nd
 
 
 def simulate(loads: np.ndarray, topology: Topology, window_us: float, policies: list[Policy], *,
-             budget_s: float = 0.05, seed: int = 0, progress=None) -> list[StepRecord]:
+             budget_s: float = 0.05, seed: int = 0, progress=None, recorded: np.ndarray | None = None) -> list[StepRecord]:
     """Every policy over ``loads [S, L, G, E]`` (see the module doc); one record per policy and
-    step. ``budget_s``: each solve's time budget; ``progress(n)`` after each policy step."""
+    step. ``budget_s``: each solve's time budget; ``progress(n)`` after each policy step;
+    ``recorded [S, L, G, E]``: the predictions ``prediction="recorded"`` plans for (NaN: static)."""
     x = np.asarray(loads, dtype=np.float64)
     if x.ndim != 4 or x.shape[2:] != topology.native.shape:
         raise LoadsError(f"loads must be [S, L, G={topology.num_ranks}, E={topology.num_experts}], got {list(x.shape)}")
     if not np.isfinite(x).all() or (x < 0).any():
         raise LoadsError("loads must be finite and >= 0")
+    if recorded is not None:
+        recorded = np.asarray(recorded, dtype=np.float64)
+        if recorded.shape != x.shape or (recorded < 0).any() or np.isinf(recorded).any():
+            raise LoadsError(f"recorded predictions must be >= 0 (NaN: none) and shaped like the loads {list(x.shape)}")
+    if recorded is None and any(p.kind == "per-batch" and p.prediction == "recorded" for p in policies):
+        raise SolverError("a policy plans for recorded predictions but none were given")
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise SolverError(f"policy names must be distinct, got {names}")
@@ -138,19 +148,27 @@ def simulate(loads: np.ndarray, topology: Topology, window_us: float, policies: 
     out = []
     for pol in policies:
         rng = np.random.default_rng(seed)
-        placement, mig = None, None
+        placed: dict[int, tuple] = {}  # layer -> (EPLB-style placement, its row) the layer runs on
+        redundant = topology.num_ranks * topology.slots
         for s in range(x.shape[0]):
             rec = StepRecord(pol.name, s, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, float(x[s].sum()))
+            lo = max(0, s - pol.history)
             if pol.kind == "eplb" and s % pol.interval == 0 and s > 0:
-                lo = max(0, s - pol.history)
-                placement = eplb_placement(x[lo:s].sum(axis=(0, 2)), topology, topology.num_ranks * topology.slots,
-                                           hierarchical=pol.hierarchical)
+                placement = eplb_placement(x[lo:s].sum(axis=(0, 2)), topology, redundant, hierarchical=pol.hierarchical)
                 mig = placement.migration(topology, window_us)
                 rec.stall_us = float(mig.time_us.max(initial=0.0))  # all layers move at once: the slowest rank's time
+                placed = {lay: (placement, lay) for lay in range(x.shape[1])}
+            elif pol.kind == "online" and s > 0:
+                lay = (s - 1) % x.shape[1]
+                new = eplb_placement(x[lo:s, lay].sum(axis=1), topology, redundant, hierarchical=pol.hierarchical)
+                old = placed[lay][0].topology(topology, placed[lay][1]) if lay in placed else topology
+                # the moves from what the layer holds now, in the background during this step's window
+                rec.exposed_copy_us += max(0.0, float(new.migration(old, window_us).time_us[0]) - float(np.min(window_us)))
+                placed[lay] = (new, 0)
             imb = []
             for lay in range(x.shape[1]):
                 real = x[s, lay]
-                mk, ib = _layer(pol, s, lay, x, real, topology, budget, placement, rng, rec)
+                mk, ib = _layer(pol, s, lay, x, real, topology, budget, placed.get(lay), rng, rec, recorded)
                 rec.layer_us.append(mk)
                 rec.moe_us += mk
                 imb.append(ib)
@@ -163,14 +181,16 @@ def simulate(loads: np.ndarray, topology: Topology, window_us: float, policies: 
 
 
 def _layer(pol: Policy, s: int, lay: int, x: np.ndarray, real: np.ndarray, topo: Topology, budget: Budget, placement,
-           rng: np.random.Generator, rec: StepRecord) -> tuple[float, float]:
+           rng: np.random.Generator, rec: StepRecord, recorded: np.ndarray | None = None) -> tuple[float, float]:
     """One layer under ``pol``: its makespan on the real loads (µs) and imbalance; charges exposed
-    time and lossy counts to ``rec``."""
-    if pol.kind == "static" or (pol.kind == "eplb" and placement is None):
+    time and lossy counts to ``rec``. ``placement``: ``(EPLB-style placement, row)`` the layer runs on,
+    or None."""
+    if pol.kind == "static" or (pol.kind in ("eplb", "online") and placement is None):
         plan = solve(real, topo, budget, solver="static")
         return plan.makespan_us, plan.imbalance_ratio
-    if pol.kind == "eplb":
-        plan = solve(real, placement.topology(topo, lay), budget, solver=pol.dispatch)
+    if pol.kind in ("eplb", "online"):
+        where, row = placement
+        plan = solve(real, where.topology(topo, row), budget, solver=pol.dispatch)
         return plan.makespan_us, plan.imbalance_ratio
     if pol.kind == "capacity":
         from .baselines import capacity
@@ -185,6 +205,8 @@ def _layer(pol: Policy, s: int, lay: int, x: np.ndarray, real: np.ndarray, topo:
         guess = real
     elif pol.prediction == "history":
         guess = x[s - 1, lay] if s > 0 else None
+    elif pol.prediction == "recorded":
+        guess = None if np.isnan(recorded[s, lay]).any() else recorded[s, lay]
     else:
         guess = perturb(real, pol.recall, rng)
     if guess is None:

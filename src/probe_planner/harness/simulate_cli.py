@@ -30,6 +30,7 @@ def policies(steps: int, recall: float, gamma: float, interval: int | None) -> l
     return [Policy("static"),
             Policy("eplb-periodic", "eplb", interval=every, history=every),
             Policy("lplb", "eplb", interval=every, history=every, dispatch="lplb"),
+            Policy("online", "online", history=every),
             Policy("drop", "capacity", mode="drop", gamma=gamma),
             Policy("reroute", "capacity", mode="reroute", gamma=gamma),
             Policy("greedy-history", "per-batch", prediction="history"),
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="prefill: tokens per step (each trace window's counts scaled up to about this: the same routing, a serving-size batch)")
     ap.add_argument("--eplb-interval", type=int, default=None)
     ap.add_argument("--trace-dir", default=None)
+    ap.add_argument("--recorded", default=None, metavar="FILE.npz",
+                    help="also replay a probe-run --record file: its real loads, planned for its --recorded-policy predictions")
+    ap.add_argument("--recorded-policy", default="lookahead")
+    ap.add_argument("--recorded-model", default="qwen3-30b-a3b", help="the model card the recording ran (probe-run's --model)")
     ap.add_argument("--out", default="probe-bench-out")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
@@ -132,6 +137,19 @@ def main(argv: list[str] | None = None) -> int:
             recs = simulate(sc.loads, sc.topology, args.window_us, pols, budget_s=args.budget_s)
             results[name] = (sc, recs)
             summary += summarize(name, sc.report, recs, sc.topology.model.top_k)
+        if args.recorded:
+            from ..traces import recorded_loads
+            from .scenarios import SimScenario, _topology
+
+            pred, real = recorded_loads(args.recorded, args.recorded_policy)
+            topo = _topology(args.recorded_model, args.cluster, real.shape[2])
+            sc = SimScenario("recorded", real, topo, "throughput", f"replay of {args.recorded} ({args.recorded_policy})")
+            pols = [Policy("static"), Policy("greedy-history", "per-batch", prediction="history"),
+                    Policy(f"greedy-{args.recorded_policy}", "per-batch", prediction="recorded"),
+                    Policy("greedy-oracle", "per-batch", prediction="oracle")]
+            recs = simulate(real, topo, args.window_us, pols, budget_s=args.budget_s, recorded=pred)
+            results["recorded"] = (sc, recs)
+            summary += summarize("recorded", sc.report, recs, topo.model.top_k)
         print(table(summary))
         with open(out / "simulate.csv", "w", newline="") as fh:
             w = csv.writer(fh)
