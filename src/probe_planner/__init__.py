@@ -14,6 +14,7 @@ from .errors import (
                      BudgetError,
                      CardError,
                      LoadsError,
+                     MapError,
                      PlanFileError,
                      PlanInvalidError,
                      PlannerError,
@@ -30,6 +31,6 @@ __all__ = [
     "solve", "Topology", "ModelShape", "Budget", "Plan", "LayerPlan", "CostParams", "Metrics",
     "load_plan", "save_plan", "solver_names", "DispatchRule",
     "PlannerError", "LoadsError", "TopologyError", "BudgetError", "CardError", "SolverError",
-    "PlanInvalidError", "PlanFileError", "TraceError",
+    "PlanInvalidError", "PlanFileError", "TraceError", "MapError",
 ]
 __version__ = "0.1.0"

@@ -45,3 +45,8 @@ class OutputError(PlannerError):
 
 class TraceError(PlannerError):
     """A routing trace is missing or does not have the expected layout."""
+
+
+class MapError(PlannerError):
+    """An expert map (a long-lived placement, in an engine's format) is malformed or does not match
+    the cluster: wrong slot or layer count, an expert missing, a duplicate on a rank."""
