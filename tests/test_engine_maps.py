@@ -92,3 +92,36 @@ def test_load_windows_come_in_plain_or_as_sglang_dumps(tmp_path):
     np.save(tmp_path / "bad.npy", -w)
     with pytest.raises(MapError, match="T, L, E"):
         load_window(tmp_path / "bad.npy")
+
+
+def test_engine_written_files_as_the_engines_write_them(tmp_path):
+    m, topo = _map()
+    # vLLM pads log2phy to the redundancy + 1 and lists replicas in the order it made them
+    wide = np.full((3, 8, 5), -1, dtype=np.int64)
+    wide[:, :, :m.log2phy.shape[2]] = m.log2phy[:, :, ::-1]
+    z = tmp_path / "vllm.npz"
+    np.savez(z, phy2log=m.phy2log, log2phy=wide, logcnt=m.logcnt)
+    assert np.array_equal(load_map(z, topo.num_ranks, topo.num_experts).phy2log, m.phy2log)
+    # TensorRT-LLM keys MoE layers by index (dense layers first) and has other keys
+    y = save_map(m, tmp_path / "lb.yaml", layer_ids=[3, 4, 5])
+    y.write_text(y.read_text() + "layer_updates_per_iter: 0\nep_size: 4\n")
+    assert np.array_equal(load_map(y, topo.num_ranks, topo.num_experts).phy2log, m.phy2log)
+    y.write_text(y.read_text().replace("ep_size: 4", "ep_size: 8"))
+    with pytest.raises(MapError, match="ep_size"):
+        load_map(y, topo.num_ranks, topo.num_experts)
+    assert save_map(m, tmp_path / "map.bin", fmt="eplb").exists()  # the path it says it wrote
+
+
+def test_corrupt_files_are_a_map_error_not_a_crash(tmp_path):
+    m, topo = _map()
+    bad = tmp_path / "m.npz"
+    bad.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(MapError, match="cannot read"):
+        load_map(bad, topo.num_ranks, topo.num_experts)
+    y = save_map(m, tmp_path / "m.yaml")
+    lines = y.read_text().splitlines()
+    y.write_text("\n".join([*lines, lines[-1]]) + "\n")  # a layer listed twice
+    with pytest.raises(MapError):
+        load_map(y, topo.num_ranks, topo.num_experts)
+    with pytest.raises(MapError, match="num_ranks"):
+        from_phy2log(m.phy2log, 0, 8)

@@ -22,10 +22,14 @@ def _hot(steps: int = 2, layers: int = 1, G: int = 2, E: int = 4, seed: int = 0)
 def test_a_copy_over_the_window_adds_exactly_its_excess():
     topo = make_topology(1, 2, 2, slots=1, hidden=4096, ffn=1536)
     kappa = CostParams.from_topology(topo).copy_intra_us
-    window = kappa - 10.0  # the one copy takes 10 us longer than the real window
     pol = Policy("planned-for-more", "per-batch", prediction="oracle", plan_window_us=1e9)
+    # planning (measured) and then the one copy share the window: what exceeds it is exposed, exactly
+    window = kappa - 10.0
     rec = simulate(_hot(1), topo, window, [pol])[0]
-    assert rec.exposed_copy_us == pytest.approx(10.0, abs=1e-9)
+    assert rec.plan_us > 0.0
+    assert rec.exposed_plan_us + rec.exposed_copy_us == pytest.approx(rec.plan_us + kappa - window, abs=1e-6)
+    assert rec.exposed_plan_us == pytest.approx(max(0.0, rec.plan_us - window), abs=1e-6)
+    assert rec.exposed_copy_us == pytest.approx(min(kappa, rec.plan_us + 10.0), abs=1e-6)  # 10 us with free planning
     fits = simulate(_hot(1), topo, window, [Policy("fits", "per-batch")])[0]  # planned for the real window: no copy
     assert fits.exposed_copy_us == 0.0
 
@@ -61,15 +65,37 @@ def test_a_drop_policys_dropped_tokens_match_a_direct_count():
         assert r.dropped == direct and r.rerouted == 0.0
 
 
-def test_eplb_re_places_on_its_interval_and_stalls_for_the_moves():
+def test_eplb_re_places_on_its_interval_and_stalls_for_all_layers_moves():
+    from probe_planner.window import copy_times_us
+
     topo = make_topology(1, 2, 2, slots=1)
-    x = _hot(4, 1)
+    x = _hot(6, 2, seed=3)
+    x[4:, :, :, 3] += 8000.0  # the hot expert changes: the second re-placement moves something
     recs = simulate(x, topo, 0.0, [Policy("static"), Policy("eplb", "eplb", interval=2, history=2)])
     by = {(r.policy, r.step): r for r in recs}
     assert by[("eplb", 0)].moe_us == by[("static", 0)].moe_us  # nothing placed before the first interval
     assert by[("eplb", 1)].stall_us == 0.0 and by[("eplb", 3)].stall_us == 0.0
-    expected = eplb_placement(x[0:2].sum(axis=(0, 2)), topo, 2).migration(topo).time_us.max()
-    assert by[("eplb", 2)].stall_us == pytest.approx(expected) and expected > 0
+    first = eplb_placement(x[0:2].sum(axis=(0, 2)), topo, 2)
+    p = CostParams.from_topology(topo)
+    src, dst = [], []  # both layers' copies at once, each from rank 0 or 1's native copy
+    for lay in range(2):
+        d, e = np.nonzero(first.hosts(lay) & ~topo.native)
+        src += [int(np.flatnonzero(topo.native[:, k])[0]) for k in e]
+        dst += d.tolist()
+    both = copy_times_us(np.array(src), np.array(dst), 2, 2, p.copy_intra_us, p.copy_inter_us).max()
+    assert by[("eplb", 2)].stall_us == pytest.approx(both) and both > first.migration(topo).time_us.max()
+    second = eplb_placement(x[2:4].sum(axis=(0, 2)), topo, 2)  # from the map in use, not the native one
+    assert by[("eplb", 4)].stall_us == pytest.approx(second.migration(topo, previous=first).all_layers_us)
+
+
+def test_tokens_per_second_counts_tokens_not_assignments():
+    from probe_planner.harness.simulate_cli import summarize
+
+    topo = make_topology(1, 2, 2, slots=0, hidden=2048, ffn=768, top_k=2)
+    x = _hot(2, 3)
+    recs = simulate(x, topo, 0.0, [Policy("static")])
+    rate = summarize("t", "throughput", recs, 2)[0]["tokens_per_s"]
+    assert rate == pytest.approx(x[:, 0].sum() / 2 / (sum(r.total_us for r in recs) * 1e-6))
 
 
 def test_perturb_keeps_each_sources_tokens_and_moves_the_share_asked():

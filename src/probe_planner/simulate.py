@@ -7,14 +7,13 @@ lookahead predictions), a *plan* from it, and the plan is *executed*: its placem
 copies stay as planned, the real tokens are split by its :class:`~probe_planner.DispatchRule`, and
 the layer is timed by the cost model. Time is charged, never ignored, for:
 
-- copies beyond the hiding window (``exposed_copy_us``: the plan's copy time over the window; the
-  per-batch planners' copies fit by construction, so 0 for them);
-- planner wall time beyond the window it hides in (``exposed_plan_us``: the solver's measured wall
-  time, ``Plan.solve_time_s``, over the window; the window is the previous layer's time the plan
-  overlaps; measured for every plan, not estimated);
-- long-lived re-placements (EPLB-style): the weight moves' time at the card's bandwidths as a stall
-  (``stall_us``) in the step that re-places (vLLM's default is asynchronous now; the stall is the
-  synchronous case and the upper bound);
+- planner wall time and then the copies beyond the window they hide in — the hiding window, or the
+  previous layer's time when that is shorter (``exposed_plan_us``: the solver's measured wall time,
+  ``Plan.solve_time_s``, over it, measured for every plan, not estimated; ``exposed_copy_us``: what
+  the copies, which start once the plan exists, add beyond it);
+- long-lived re-placements (EPLB-style): every layer's weight moves from the map in use, at the
+  card's bandwidths, the longest rank's total as a stall (``stall_us``) in the step that
+  re-places (vLLM's default is asynchronous now; the stall is the synchronous case, the upper bound);
 - non-MoE time per layer (attention projections, norms): :func:`non_moe_us`, a roofline estimate
   from the model card — ``max(tokens · 8·H² FLOPs / peak, 4·H² weights · bytes / HBM)`` on the
   busiest rank — so end-to-end ratios are not MoE-only ratios.
@@ -74,11 +73,17 @@ class Policy:
             raise SolverError(f"policy {self.name}: recall must lie in [0, 1], got {self.recall!r}")
         if self.interval < 1 or self.history < 1:
             raise SolverError(f"policy {self.name}: interval and history must be >= 1 steps")
+        if self.mode not in ("drop", "reroute"):
+            raise SolverError(f"policy {self.name}: mode must be drop or reroute, got {self.mode!r}")
+        if self.dispatch not in ("even", "local-first", "lplb", "static"):
+            raise SolverError(f"policy {self.name}: dispatch must be even, local-first, lplb or static, got {self.dispatch!r}")
+        if not (isinstance(self.gamma, (int, float)) and not isinstance(self.gamma, bool) and 0 < self.gamma < float("inf")):
+            raise SolverError(f"policy {self.name}: gamma must be a finite number > 0, got {self.gamma!r}")
 
 
 @dataclass
 class StepRecord:
-    """One step of one policy (µs; dropped/rerouted are token-assignment counts)."""
+    """One step of one policy (µs; dropped/rerouted are token-assignment counts over every layer)."""
 
     policy: str
     step: int
@@ -90,7 +95,9 @@ class StepRecord:
     imbalance: float
     dropped: float
     rerouted: float
-    tokens: float
+    tokens: float  # tokens in the step's batch (its first layer's assignments / top_k)
+    assignments: float = 0.0  # token-expert assignments over every layer (what dropped/rerouted count)
+    plan_us: float = 0.0  # the per-batch solver's measured wall time over the step's layers
     layer_us: list[float] = field(default_factory=list)
 
     @property
@@ -111,10 +118,13 @@ def perturb(loads: np.ndarray, recall: float, rng: np.random.Generator) -> np.nd
     moved to experts drawn uniformly: the counts a predictor with that top-k recall would give if
     its misses were uncorrelated with popularity — the pessimistic case, which flattens the hot
     experts the plan needs to see (misses drawn by popularity would leave the counts nearly as they
-    are). Whole numbers stay whole; each source keeps its total."""
+    are). A moved assignment may land back on its own expert, so the effective recall is
+    ``recall + (1 - recall) / E``. Whole numbers stay whole; each source keeps its total."""
     n = np.asarray(loads, dtype=np.float64)
     if recall >= 1.0:
         return n.copy()
+    if not np.all(n == np.floor(n)):  # fractional loads: the expectation of the same draw
+        return recall * n + (1.0 - recall) * n.sum(axis=1, keepdims=True) / n.shape[1]
     pop = np.full(n.shape[1], 1.0 / n.shape[1])
     out = np.empty_like(n)
     for s in range(n.shape[0]):
@@ -144,35 +154,41 @@ def simulate(loads: np.ndarray, topology: Topology, window_us: float, policies: 
     if len(set(names)) != len(names):
         raise SolverError(f"policy names must be distinct, got {names}")
     budget = Budget(window_us=window_us, time_limit_s=budget_s)
+    window = float(np.min(budget.window_us))
     top_k = topology.model.top_k
     out = []
     for pol in policies:
         rng = np.random.default_rng(seed)
         placed: dict[int, tuple] = {}  # layer -> (EPLB-style placement, its row) the layer runs on
+        last_us = float("inf")  # the previous layer's time (none before the first)
         redundant = topology.num_ranks * topology.slots
         for s in range(x.shape[0]):
-            rec = StepRecord(pol.name, s, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, float(x[s].sum()))
+            rec = StepRecord(pol.name, s, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, float(x[s, 0].sum()) / top_k,
+                             float(x[s].sum()))
             lo = max(0, s - pol.history)
             if pol.kind == "eplb" and s % pol.interval == 0 and s > 0:
+                before = placed[0][0] if placed else None  # the map in use, or the native placement
                 placement = eplb_placement(x[lo:s].sum(axis=(0, 2)), topology, redundant, hierarchical=pol.hierarchical)
-                mig = placement.migration(topology, window_us)
-                rec.stall_us = float(mig.time_us.max(initial=0.0))  # all layers move at once: the slowest rank's time
+                # every layer moves at once: the longest rank's time for all its copies
+                rec.stall_us = placement.migration(topology, window_us, previous=before).all_layers_us
                 placed = {lay: (placement, lay) for lay in range(x.shape[1])}
             elif pol.kind == "online" and s > 0:
                 lay = (s - 1) % x.shape[1]
                 new = eplb_placement(x[lo:s, lay].sum(axis=1), topology, redundant, hierarchical=pol.hierarchical)
                 old = placed[lay][0].topology(topology, placed[lay][1]) if lay in placed else topology
                 # the moves from what the layer holds now, in the background during this step's window
-                rec.exposed_copy_us += max(0.0, float(new.migration(old, window_us).time_us[0]) - float(np.min(window_us)))
+                rec.exposed_copy_us += max(0.0, float(new.migration(old, window_us).time_us[0]) - window)
                 placed[lay] = (new, 0)
             imb = []
             for lay in range(x.shape[1]):
                 real = x[s, lay]
-                mk, ib = _layer(pol, s, lay, x, real, topology, budget, placed.get(lay), rng, rec, recorded)
+                mk, ib = _layer(pol, s, lay, x, real, topology, budget, placed.get(lay), rng, rec, recorded, min(window, last_us))
                 rec.layer_us.append(mk)
                 rec.moe_us += mk
                 imb.append(ib)
-                rec.non_moe_us += non_moe_us(topology, real.sum(axis=1) / top_k)
+                other = non_moe_us(topology, real.sum(axis=1) / top_k)
+                rec.non_moe_us += other
+                last_us = mk + other  # the next layer's plan and copies hide in this layer's time
             rec.imbalance = float(np.mean(imb))
             out.append(rec)
             if progress is not None:
@@ -181,7 +197,8 @@ def simulate(loads: np.ndarray, topology: Topology, window_us: float, policies: 
 
 
 def _layer(pol: Policy, s: int, lay: int, x: np.ndarray, real: np.ndarray, topo: Topology, budget: Budget, placement,
-           rng: np.random.Generator, rec: StepRecord, recorded: np.ndarray | None = None) -> tuple[float, float]:
+           rng: np.random.Generator, rec: StepRecord, recorded: np.ndarray | None = None,
+           hide_us: float = float("inf")) -> tuple[float, float]:
     """One layer under ``pol``: its makespan on the real loads (µs) and imbalance; charges exposed
     time and lossy counts to ``rec``. ``placement``: ``(EPLB-style placement, row)`` the layer runs on,
     or None."""
@@ -212,12 +229,15 @@ def _layer(pol: Policy, s: int, lay: int, x: np.ndarray, real: np.ndarray, topo:
     if guess is None:
         plan = solve(real, topo, budget, solver="static")
         return plan.makespan_us, plan.imbalance_ratio
-    window = float(np.min(budget.window_us))
+    hide = min(float(np.min(budget.window_us)), hide_us)
     plan_budget = budget if pol.plan_window_us is None else Budget(window_us=pol.plan_window_us, time_limit_s=budget.time_limit_s)
     planned = solve(guess, topo, plan_budget, solver=pol.solver)
-    # the solver's measured wall time (problem building included; one-time compilation is not)
-    rec.exposed_plan_us += max(0.0, planned.solve_time_s * 1e6 - window)
-    rec.exposed_copy_us += max(0.0, copy_time_us(planned, topo) - window)
+    # planning (the solver's measured wall time, problem building included, compilation not) and
+    # then the copies share one window: the window, or the previous layer's time if shorter
+    plan_us, copy_us = planned.solve_time_s * 1e6, copy_time_us(planned, topo)
+    rec.plan_us += plan_us
+    rec.exposed_plan_us += max(0.0, plan_us - hide)
+    rec.exposed_copy_us += max(0.0, plan_us + copy_us - hide) - max(0.0, plan_us - hide)
     plan = planned if guess is real else DispatchRule(planned).executed(real[None])
     return plan.makespan_us, plan.imbalance_ratio
 

@@ -32,11 +32,13 @@ class Migration:
     card's bandwidths (each copy from a baseline host, one in the destination's node when there is
     one), the window a per-batch plan would need for them; ``outside [L]`` how many copies do not
     fit ``window_us`` by the copy-fit rule (per rank, end and link kind, the excess over what fits;
-    the larger of the sending and receiving sums)."""
+    the larger of the sending and receiving sums); ``all_layers_us``: every layer moved at once, the
+    longest rank's time for all its copies (what a synchronous re-placement stalls for)."""
 
     copies: np.ndarray
     time_us: np.ndarray
     outside: np.ndarray
+    all_layers_us: float = 0.0  # every layer's copies at once: the longest rank's time (a full re-placement)
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,15 @@ class EplbPlacement:
         the engine runs it until the next re-placement."""
         return base.with_(placement=self.hosts(layer), slots=0)
 
-    def migration(self, base: Topology, window_us: float = 0.0) -> Migration:
-        """The copies from ``base``'s native placement to this one, per layer (see :class:`Migration`)."""
+    def migration(self, base: Topology, window_us: float = 0.0, previous: EplbPlacement | None = None) -> Migration:
+        """The copies from ``base``'s native placement (or, per layer, from the ``previous`` map's)
+        to this one (see :class:`Migration`)."""
         p = CostParams.from_topology(base)
-        native, node = base.native, base.node_of
+        node = base.node_of
         G, rpn = base.num_ranks, base.ranks_per_node
-        copies, times, outside = [], [], []
+        copies, times, outside, all_src, all_dst = [], [], [], [], []
         for lay in range(self.phy2log.shape[0]):
+            native = base.native if previous is None else previous.hosts(lay)
             dst, e = np.nonzero(self.hosts(lay) & ~native)
             src = np.empty_like(dst)
             for i, (d, x) in enumerate(zip(dst.tolist(), e.tolist(), strict=True)):
@@ -89,6 +93,8 @@ class EplbPlacement:
                 near = have[node[have] == node[d]]
                 src[i] = near[0] if near.size else have[0]
             copies.append(dst.size)
+            all_src.append(src)
+            all_dst.append(dst)
             t = copy_times_us(src, dst, rpn, G, p.copy_intra_us, p.copy_inter_us)
             times.append(float(t.max(initial=0.0)))
             inter = (src // rpn) != (dst // rpn)
@@ -100,7 +106,9 @@ class EplbPlacement:
                     n += int(np.maximum(k - copies_that_fit(unit, np.full(G, window_us), int(k.max(initial=0))), 0).sum())
                 excess.append(n)
             outside.append(max(excess))
-        return Migration(np.array(copies, dtype=np.int64), np.array(times), np.array(outside, dtype=np.int64))
+        every = copy_times_us(np.concatenate(all_src), np.concatenate(all_dst), rpn, G, p.copy_intra_us, p.copy_inter_us)
+        return Migration(np.array(copies, dtype=np.int64), np.array(times), np.array(outside, dtype=np.int64),
+                         float(every.max(initial=0.0)))
 
 
 def replicate(load: np.ndarray, slots: int, most: int) -> np.ndarray:
