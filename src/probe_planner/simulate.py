@@ -98,6 +98,7 @@ class StepRecord:
     tokens: float  # tokens in the step's batch (its first layer's assignments / top_k)
     assignments: float = 0.0  # token-expert assignments over every layer (what dropped/rerouted count)
     plan_us: float = 0.0  # the per-batch solver's measured wall time over the step's layers
+    last_plan_us: float = 0.0  # the last solve's time: what a policy expects the next one to take
     layer_us: list[float] = field(default_factory=list)
 
     @property
@@ -165,6 +166,8 @@ def simulate(loads: np.ndarray, topology: Topology, window_us: float, policies: 
         for s in range(x.shape[0]):
             rec = StepRecord(pol.name, s, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, float(x[s, 0].sum()) / top_k,
                              float(x[s].sum()))
+            if s > 0:
+                rec.last_plan_us = out[-1].last_plan_us  # the policy's expectation carries over steps
             lo = max(0, s - pol.history)
             if pol.kind == "eplb" and s % pol.interval == 0 and s > 0:
                 before = placed[0][0] if placed else None  # the map in use, or the native placement
@@ -230,12 +233,17 @@ def _layer(pol: Policy, s: int, lay: int, x: np.ndarray, real: np.ndarray, topo:
         plan = solve(real, topo, budget, solver="static")
         return plan.makespan_us, plan.imbalance_ratio
     hide = min(float(np.min(budget.window_us)), hide_us)
-    plan_budget = budget if pol.plan_window_us is None else Budget(window_us=pol.plan_window_us, time_limit_s=budget.time_limit_s)
+    if pol.plan_window_us is not None:
+        copy_window = pol.plan_window_us
+    else:  # the copies get what the previous layer's time leaves after planning (the last solve's time)
+        copy_window = max(0.0, hide - rec.last_plan_us)
+    plan_budget = Budget(window_us=copy_window, time_limit_s=budget.time_limit_s)
     planned = solve(guess, topo, plan_budget, solver=pol.solver)
     # planning (the solver's measured wall time, problem building included, compilation not) and
     # then the copies share one window: the window, or the previous layer's time if shorter
     plan_us, copy_us = planned.solve_time_s * 1e6, copy_time_us(planned, topo)
     rec.plan_us += plan_us
+    rec.last_plan_us = plan_us
     rec.exposed_plan_us += max(0.0, plan_us - hide)
     rec.exposed_copy_us += max(0.0, plan_us + copy_us - hide) - max(0.0, plan_us - hide)
     plan = planned if guess is real else DispatchRule(planned).executed(real[None])
