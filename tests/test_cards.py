@@ -60,3 +60,13 @@ def test_card_from_path(tmp_path):
     path.write_text('name = "tiny"\nnum_experts = 4\ntop_k = 1\nhidden = 8\nexpert_ffn = 8\n')
     topo = Topology.from_cards(model=path, cluster="h100x8", num_ranks=4, ranks_per_node=4)
     assert topo.model.name == "tiny" and topo.num_ranks == 4
+
+
+def test_from_cards_resizes_the_cluster_to_a_rank_count():
+    from probe_planner import Topology
+
+    t = Topology.from_cards("qwen3-30b-a3b", "h100x16-ib", ranks=32)
+    assert (t.num_ranks, t.ranks_per_node) == (32, 8)  # nodes of the card's size
+    t = Topology.from_cards("qwen3-30b-a3b", "h100x8", ranks=4)
+    assert (t.num_ranks, t.ranks_per_node) == (4, 4)  # fewer ranks than a node: one node
+    assert Topology.from_cards("qwen1.5-moe-a2.7b", "h100x8", ranks=6).ranks_per_node == 6

@@ -244,12 +244,14 @@ class Topology:
         return Topology(**fields)
 
     @classmethod
-    def from_cards(cls, model: str | Path, cluster: str | Path, **overrides) -> Topology:
+    def from_cards(cls, model: str | Path, cluster: str | Path, ranks: int | None = None, **overrides) -> Topology:
         """Build a topology from a model card and a cluster card, each a built-in name or a path.
 
-        Keyword ``overrides`` replace cluster fields (``slots=2``, ``num_ranks=16``, ...), one of
-        :data:`CLUSTER_FIELDS`; any other key raises :class:`CardError` listing them. Bad card files
-        raise :class:`CardError`; bad override values :class:`TopologyError` naming the field.
+        ``ranks``: the same cluster resized to that many ranks — nodes of the card's size, or one
+        node when the card's node is larger or does not divide them. Keyword ``overrides`` replace
+        cluster fields (``slots=2``, ...), one of :data:`CLUSTER_FIELDS`; any other key raises
+        :class:`CardError` listing them. Bad card files raise :class:`CardError`; bad override
+        values :class:`TopologyError` naming the field.
         """
         from .cards import load_cluster_card, load_model_card
 
@@ -258,6 +260,10 @@ class Topology:
             raise CardError(f"unknown Topology.from_cards override(s) {unknown}; allowed: {sorted(CLUSTER_FIELDS)}")
         shape = load_model_card(model)
         fields = load_cluster_card(cluster)
+        if ranks is not None:
+            rpn = fields["ranks_per_node"]
+            fields.update(num_ranks=ranks, ranks_per_node=rpn if isinstance(ranks, int) and 0 < rpn <= ranks and ranks % rpn == 0
+                          else ranks)
         fields.update(overrides)
         return cls(model=shape, **fields)
 

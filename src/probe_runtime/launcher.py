@@ -28,13 +28,8 @@ SCALES = {"tiny": {"hidden": 64, "ffn": 32, "tokens": 128}, "small": {"hidden": 
 
 def _topology(model: str, cluster: str, nproc: int):
     from probe_planner import Topology
-    from probe_planner.cards import load_cluster_card, load_model_card
 
-    fields = load_cluster_card(cluster)
-    fields.update(num_ranks=nproc, ranks_per_node=min(nproc, fields["ranks_per_node"]))
-    if nproc % fields["ranks_per_node"]:
-        fields["ranks_per_node"] = nproc
-    return Topology(model=load_model_card(model), **fields)
+    return Topology.from_cards(model, cluster, ranks=nproc)
 
 
 def _expert_bias(num_experts: int, layers: int, trace_dir: str | None, seed: int) -> np.ndarray:

@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 
 from ..baselines.eplb import eplb_placement
 from ..budget import Budget
-from ..cards import load_cluster_card, load_model_card
 from ..errors import PlannerError
 from ..topology import Topology
 from .methods import METHODS, Context
@@ -37,10 +36,7 @@ class Scenario:
     trace_dir: str | None = None
 
     def topology(self) -> Topology:
-        fields = load_cluster_card(self.cluster)
-        if self.ranks is not None:
-            fields.update(num_ranks=self.ranks, ranks_per_node=min(self.ranks, fields["ranks_per_node"]))
-        return Topology(model=load_model_card(self.model), **fields)
+        return Topology.from_cards(self.model, self.cluster, ranks=self.ranks)
 
     def check(self) -> None:
         """Refuse a malformed scenario before anything runs."""

@@ -14,13 +14,13 @@ plus the model and cluster they run on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..cards import load_cluster_card, load_model_card
+from ..cards import load_cluster_card
 from ..errors import TraceError
-from ..topology import Topology
+from ..topology import CLUSTER_FIELDS, Topology
 from ..traces import domain_counts, qwen3_prefill_windows, qwen15_decode_steps, qwen15_top1_iterations
 
 
@@ -38,10 +38,7 @@ class SimScenario:
 
 
 def _topology(model: str, cluster: str, ranks: int | None = None) -> Topology:
-    fields = load_cluster_card(cluster)
-    if ranks is not None:
-        fields.update(num_ranks=ranks, ranks_per_node=min(ranks, fields["ranks_per_node"]))
-    return Topology(model=load_model_card(model), **fields)
+    return Topology.from_cards(model, cluster, ranks=ranks)
 
 
 def build(name: str, cluster: str = "h100x8", steps: int = 8, trace_dir=None, seed: int = 0,
@@ -77,21 +74,11 @@ def build(name: str, cluster: str = "h100x8", steps: int = 8, trace_dir=None, se
                            f"OLMoE-1B-7B, {first} then {second} tokens, {tokens} per step", steps // 2)
     if name == "top1":
         topo = _topology("qwen1.5-moe-a2.7b", cluster, 6)
-        topo = Topology(**{**{f: getattr(topo, f) for f in ("num_ranks", "ranks_per_node", "intra_node_bw", "inter_node_bw",
-                                                              "peak_flops", "hbm_bw", "slots", "name")},
-                           "model": _top1(topo.model)})
+        topo = Topology(model=replace(topo.model, top_k=1), **{f: getattr(topo, f) for f in CLUSTER_FIELDS})
         loads = qwen15_top1_iterations(trace_dir)[:steps]
         return SimScenario(name, loads, topo, "throughput", "Qwen1.5-MoE gate with top-1 routing (stress case)")
     raise TraceError(f"unknown scenario {name!r}; have prefill, decode, shift, top1")
 
-
-
-def _top1(model):
-    from ..topology import ModelShape
-
-    return ModelShape(**{**{f: getattr(model, f) for f in ("name", "num_experts", "hidden", "expert_ffn", "moe_layers",
-                                                           "weight_bytes", "act_bytes", "ffn_matrices", "shared_experts")},
-                         "top_k": 1})
 
 
 SCENARIOS = ("prefill", "decode", "shift", "top1")
