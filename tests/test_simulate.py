@@ -163,7 +163,9 @@ def test_recorded_predictions_are_what_the_plans_are_made_for():
     topo = make_topology(1, 2, 2, slots=1, hidden=2048, ffn=768)
     x = _hot(2, 1)
     nan = np.full_like(x, np.nan)
-    pols = [Policy("static"), Policy("oracle", "per-batch"), Policy("rec", "per-batch", prediction="recorded")]
+    # a fixed copy window: the default one depends on the last solve's measured time
+    pols = [Policy("static"), Policy("oracle", "per-batch", plan_window_us=1e9),
+            Policy("rec", "per-batch", prediction="recorded", plan_window_us=1e9)]
     same = {r.policy: r.moe_us for r in simulate(x, topo, 1e9, pols, recorded=x) if r.step == 1}
     assert same["rec"] == same["oracle"]  # a perfect recording plans like the oracle
     none = {r.policy: r.moe_us for r in simulate(x, topo, 1e9, pols, recorded=nan) if r.step == 1}
