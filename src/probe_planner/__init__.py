@@ -22,6 +22,7 @@ from .errors import (
                      TopologyError,
                      TraceError,
 )
+from .place import Placement, place  # noqa: F401  (long-lived placement: probe_planner.place)
 from .plan import LayerPlan, Plan
 from .plan_io import load_plan, save_plan
 from .solvers import solver_names

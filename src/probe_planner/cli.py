@@ -145,6 +145,42 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_place(args: argparse.Namespace) -> int:
+    from .baselines.eplb import eplb_placement
+    from .engine_maps import load_map, load_window, save_map
+    from .place import Placement, place, score_placement
+
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise OutputError(f"output file {str(out)!r}: not a writable file path in an existing directory")
+    topo = Topology.from_cards(model=args.model, cluster=args.cluster)
+    window = load_window(args.loads)
+    T, L = window.shape[:2]
+    current = (load_map(args.current, topo.num_ranks, topo.num_experts, num_layers=L) if args.current else None)
+    result = place(window, topo, args.slots, current=current, reserve=args.reserve, move_budget_us=args.move_budget_us,
+                   move_budget_bytes=None if args.move_budget_gb is None else args.move_budget_gb * 1e9,
+                   min_gain=args.min_gain, time_limit_s=args.time_limit_s)
+    # EPLB-style placement of the same window with every slot, scored on the same batches
+    eplb = eplb_placement(window.sum(axis=0), topo, args.slots * topo.num_ranks - topo.num_experts)
+    eplb_us = float(score_placement(window, Placement.from_map(eplb).hosts, topo).sum())
+    mig = eplb.migration(topo, previous=current)
+    print(f"{topo.model.name} on {topo.name} ({topo.num_ranks} ranks), window of {T} batches x {L} layer(s), "
+          f"{args.slots} slots per rank" + (f" ({args.reserve} reserved for per-batch plans)" if args.reserve else ""))
+    print(f"{'placement':<12} {'expected makespan us/batch':>27} {'vs current':>11} {'copies':>7} {'GB moved':>9} {'move ms':>8}")
+    rows = [("current", result.before_us, 0, 0.0, 0.0),
+            ("place", result.after_us, len(result.copies), result.moved_bytes / 1e9, result.move_time_us / 1e3),
+            ("eplb-style", eplb_us, int(mig.copies.sum()), mig.copies.sum() * topo.model.expert_bytes / 1e9, mig.all_layers_us / 1e3)]
+    for name, us, n, gb, ms in rows:
+        print(f"{name:<12} {us:27.1f} {result.before_us / us:10.3f}x {n:7d} {gb:9.3f} {ms:8.2f}")
+    print(result.message)
+    try:
+        save_map(result.to_map(), out, args.format)
+    except OSError as exc:
+        raise OutputError(f"cannot write the map to {str(out)!r}: {exc}") from exc
+    print(f"{args.format} map written to {out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_CLUSTER, DEMO_MODEL, DEMO_WINDOW_US, demo_loads
 
@@ -187,6 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a solver option, repeatable (e.g. --option lookahead=4 --option max_swaps=4)")
     s.add_argument("--out", help="write the plan to this .json or .npz file")
     s.set_defaults(func=_cmd_solve)
+    pl = sub.add_parser("place", help="choose a long-lived expert placement from a load window (an engine map)")
+    pl.add_argument("loads", help="load window: SGLang expert-distribution dump (.pt/.npz) or a [T, L, E] .npy/.npz")
+    pl.add_argument("--cluster", required=True, help="built-in cluster card name or a .toml path")
+    pl.add_argument("--model", required=True, help="built-in model card name or a .toml path")
+    pl.add_argument("--slots", type=int, required=True, help="physical expert slots per rank")
+    pl.add_argument("--current", help="the map in service (eplb .npz/.pt, sglang .json, trtllm .yaml); default: sharded")
+    pl.add_argument("--move-budget-us", type=float, default=None,
+                    help="longest rank's time for all weight copies at the card's bandwidths (default: no limit)")
+    pl.add_argument("--move-budget-gb", type=float, default=None, help="weight bytes all copies may move, in GB")
+    pl.add_argument("--reserve", type=int, default=0, help="slots per rank left empty for per-batch replicas")
+    pl.add_argument("--min-gain", type=float, default=0.01, help="keep the current map below this expected relative gain")
+    pl.add_argument("--time-limit-s", type=float, default=8.0, help="search wall-time budget")
+    pl.add_argument("--format", required=True, choices=["eplb", "sglang", "trtllm"], help="map format to write")
+    pl.add_argument("--out", required=True, help="map file to write")
+    pl.set_defaults(func=_cmd_place)
     d = sub.add_parser("demo", help="solve an embedded realistic problem with static and greedy")
     d.set_defaults(func=_cmd_demo)
     return ap

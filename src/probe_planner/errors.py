@@ -50,3 +50,12 @@ class TraceError(PlannerError):
 class MapError(PlannerError):
     """An expert map (a long-lived placement, in an engine's format) is malformed or does not match
     the cluster: wrong slot or layer count, an expert missing, a duplicate on a rank."""
+
+
+class OffloadError(PlannerError):
+    """An offload-planning input or schedule is malformed: a cache too small for one layer, a
+    schedule whose cache would overflow, a negative bandwidth, activations of the wrong shape."""
+
+
+class PlacementError(PlannerError):
+    """A long-lived placement request is malformed: slots, reserve, move budget or current placement."""

@@ -11,11 +11,13 @@ the reverse.
 
 from .experts import ExpertBank, reference_moe, seeded_experts
 from .moe_layer import EPMoELayer, LayerStats, Routed
+from .offload import CacheTooSmallError, GroupStats, OffloadedStack, OffloadLayerStats
+from .offload_cache import ExpertCache, HostExperts
 from .planner import EmbeddedPlanner
 from .predictor import LookaheadPredictor
 from .slots import SlotPool
 from .stack import POLICIES, MoEStack, StackWeights
 
-__all__ = ["POLICIES", "EPMoELayer", "EmbeddedPlanner", "ExpertBank", "LayerStats", "LookaheadPredictor", "MoEStack", "Routed",
-           "SlotPool",
+__all__ = ["POLICIES", "CacheTooSmallError", "EPMoELayer", "EmbeddedPlanner", "ExpertBank", "ExpertCache", "GroupStats", "HostExperts",
+           "LayerStats", "LookaheadPredictor", "MoEStack", "OffloadLayerStats", "OffloadedStack", "Routed", "SlotPool",
            "StackWeights", "reference_moe", "seeded_experts"]

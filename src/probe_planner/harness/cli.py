@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         from .simulate_cli import main as simulate_main
 
         return simulate_main(argv[1:])
+    if argv[:1] == ["offload"]:  # probe-bench offload: experts in host memory (Klotski-style planning)
+        from .offload_cli import main as offload_main
+
+        return offload_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.jobs < 1:

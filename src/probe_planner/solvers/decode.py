@@ -167,7 +167,12 @@ def node_flows(m: LayerModel, x: np.ndarray, loads: np.ndarray, host_mask: np.nd
     if m.w0 >= 0:
         return _multinode_flows(m, x, loads, host_mask, node_of)
     h_e, h_r = m.hosts[:, 0], m.hosts[:, 1]
-    p = np.maximum(x[m.y0:m.l0], 0.0) * host_mask[h_r, h_e]
+    return single_node_flows_from(h_e, h_r, np.maximum(x[m.y0:m.l0], 0.0) * host_mask[h_r, h_e], loads)
+
+
+def single_node_flows_from(h_e: np.ndarray, h_r: np.ndarray, p: np.ndarray, loads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One node's routes from the tokens ``p`` each host ``(h_e, h_r)`` processes (see :func:`node_flows`)."""
+    p = np.maximum(p, 0.0)
     p[p <= ZERO * loads.sum(axis=0)[h_e]] = 0.0  # solver noise, not work: see integral_routes
     out = []
     for e in np.unique(h_e):
@@ -205,12 +210,17 @@ def _multinode_flows(m: LayerModel, x: np.ndarray, loads: np.ndarray, host_mask:
     P = m.pairs.shape[0]
     h_e, h_r = m.hosts[:, 0], m.hosts[:, 1]
     keep = host_mask[h_r, h_e] & (x[m.y0:m.l0] > ZERO * loads.sum(axis=0)[h_e])  # solver noise is no work
-    l = np.maximum(x[m.l0:m.w0], 0.0) * keep
-    w = np.maximum(x[m.w0:m.w0 + H], 0.0) * keep
-    v = np.maximum(x[m.w0 + H:m.w0 + 2 * H], 0.0) * keep
-    oa = np.maximum(x[m.oa0:m.oa0 + P], 0.0)
-    ob = np.maximum(x[m.oa0 + P:m.oa0 + 2 * P], 0.0)
-    q_s, q_e = m.pairs[:, 0], m.pairs[:, 1]
+    return multinode_flows_from(h_e, h_r, x[m.l0:m.w0] * keep, x[m.w0:m.w0 + H] * keep, x[m.w0 + H:m.w0 + 2 * H] * keep,
+                                m.pairs[:, 0], m.pairs[:, 1], x[m.oa0:m.oa0 + P], x[m.oa0 + P:m.oa0 + 2 * P], loads, node_of)
+
+
+def multinode_flows_from(h_e, h_r, l, w, v, q_s, q_e, oa, ob, loads: np.ndarray,
+                         node_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Routes from node-form amounts across nodes: per host ``(h_e, h_r)`` kept ``l``, received
+    within ``w`` and across nodes ``v``; per (source ``q_s``, expert ``q_e``) sent within ``oa`` and
+    across ``ob`` (see :func:`_multinode_flows`)."""
+    l, w, v = np.maximum(l, 0.0), np.maximum(w, 0.0), np.maximum(v, 0.0)
+    oa, ob = np.maximum(oa, 0.0), np.maximum(ob, 0.0)
     by_e_q = np.argsort(q_e, kind="stable")
     q_starts = np.searchsorted(q_e[by_e_q], np.arange(loads.shape[1] + 1))
     out = []

@@ -12,12 +12,12 @@ import numpy as np
 from ..problem import Problem
 from ..window import copies_fit_np
 from . import SolverResult
-from .greedy import prepare
-from .layers import LayerPlan, finish, greedy_fallback, greedy_first, model_size, overrun_s, phase_fits, remaining, too_short_for_lp
+from .layers import LayerPlan, finish, greedy_fallback, greedy_first, model_size, nothing_fits, overrun_s, phase_fits, remaining
 from .lp_backends import lp_solver_for, solve_highs
 from .milp_model import LayerModel, build_layer_model, copies_active
 from .placement_search import improve_placement
 from .registry import register
+from .split_lp import prepare
 from .token_lp import polished_placement, polished_start
 
 
@@ -81,6 +81,8 @@ def lp_round_layer(prob: Problem, lay: int, parts: list[LayerPlan], time_s: floa
     ``parts[lay]`` in place and returns the LP bound (-inf when the LP did not finish)."""
     start = time.perf_counter()
     end = min(prob.deadline, start + time_s)
+    if not phase_fits(prob, time_s, 0):  # before sizing the model, which alone costs ms on big layers
+        return -math.inf
     cols = model_size(prob, lay)
     lp_solver = lp_solver_for(prob.topology.num_nodes, cols)
     if min(time_s, remaining(prob.deadline)) < lp_seconds(cols, lp_solver == "ipm") or not phase_fits(prob, time_s, cols):
@@ -126,7 +128,7 @@ def solve_lp_round(prob: Problem) -> SolverResult:
     """LP relaxation (its value is a lower bound), placement rounded in three orders with a
     slot/window repair, exact token LP on each rounded placement and on greedy's; the best plan."""
     first = greedy_first(prob)
-    if too_short_for_lp(prob):
+    if nothing_fits(prob):
         return greedy_fallback(first, "lp-round")
     parts, notes = polished_start(prob, first)  # on 256x32 Zipf layers better than any rounding (1.476 vs 1.520)
     L = len(parts)

@@ -11,11 +11,11 @@ import numpy as np
 from ..problem import Problem
 from . import SolverResult
 from .decode import parts_from_solution, warm_start
-from .greedy import prepare
-from .layers import LayerPlan, finish, greedy_fallback, greedy_first, model_size, overrun_s, phase_fits, remaining, too_short_for_lp
+from .layers import LayerPlan, finish, greedy_fallback, greedy_first, model_size, nothing_fits, overrun_s, phase_fits, remaining
 from .lp_backends import BACKENDS, backend_cost, get_backend, lp_solver_for
 from .milp_model import build_layer_model
 from .registry import Option, register
+from .split_lp import prepare
 from .token_lp import polished_start
 
 
@@ -33,7 +33,7 @@ def milp_layers(prob: Problem, parts: list[LayerPlan], backend: str, mip_rel_gap
         if lay in skip:
             continue
         left = remaining(prob.deadline) / (L - lay)
-        if not phase_fits(prob, left, model_size(prob, lay) * backend_cost(backend)):
+        if not phase_fits(prob, left, 0) or not phase_fits(prob, left, model_size(prob, lay) * backend_cost(backend)):
             short += 1
             continue
         # Token flows continuous: the model is then a relaxation of the whole-token problem (its bound
@@ -72,7 +72,7 @@ def solve_milp(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
     LP (the incumbent and cutoff); returns the incumbent, bound and gap.
     ``backend``: ``"highs"`` or ``"ortools"``; ``mip_rel_gap``: relative gap that counts as optimal."""
     first = greedy_first(prob)
-    if too_short_for_lp(prob):
+    if nothing_fits(prob):
         return greedy_fallback(first, "milp")
     parts, notes = polished_start(prob, first)
     bounds, proven, short = milp_layers(prob, parts, backend, mip_rel_gap)

@@ -11,7 +11,7 @@ import numpy as np
 from ..problem import Problem
 from . import SolverResult
 from .decode import drop_unused, model_routes
-from .greedy import prepare, run_kernel
+from .greedy import run_kernel
 from .layers import (
     LayerPlan,
     finish,
@@ -20,14 +20,15 @@ from .layers import (
     greedy_start,
     layer_makespan,
     model_size,
+    nothing_fits,
     phase_fits,
     remaining,
     split_layers,
-    too_short_for_lp,
 )
 from .lp_backends import ModelSolution, solve_highs
 from .milp_model import build_layer_model
 from .registry import Option, register
+from .split_lp import exact_split, prepare
 
 
 def token_lp(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> tuple[LayerPlan | None, ModelSolution | None]:
@@ -36,7 +37,8 @@ def token_lp(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> tuple
     hosts = prob.topology.native.copy()
     hosts[replicas[:, 2], replicas[:, 0]] = True
     # the native placement's token LP plus ~4 columns a replica: close enough to gate on, and cheap
-    if not phase_fits(prob, remaining(end), model_size(prob, lay, copies=False) + 4 * replicas.shape[0]):
+    if not phase_fits(prob, remaining(end), 0) or \
+            not phase_fits(prob, remaining(end), model_size(prob, lay, copies=False) + 4 * replicas.shape[0]):
         return None, None
     m = build_layer_model(prob.loads[lay], prob.topology, prob.windows_us, prob.params, fixed_hosts=hosts)
     sol = solve_highs(m, remaining(end), relax=True, deadline=end)
@@ -47,14 +49,29 @@ def token_lp(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> tuple
     return LayerPlan(rep, routes, tok, layer_makespan(prob, lay, rep, routes, tok)), sol
 
 
+def best_split(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> LayerPlan | None:
+    """The token LP's optimum on a placement by ``end``: compiled (:mod:`.split_lp`, well under a
+    millisecond on one node) where its dense tableau fits, else HiGHS; None when neither fits."""
+    cand = exact_split(prob, lay, replicas, end)
+    return cand if cand is not None else token_lp(prob, lay, replicas, end)[0]
+
+
 def polished_placement(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> LayerPlan | None:
-    """The token LP on a placement, then again without the replicas it gave fewer tokens than
-    the roofline floor (``alpha·p < beta``: such a host pays ``beta`` anyway), the better of the
-    two; both by ``end`` (a ``perf_counter`` time). None when not even the first fits."""
+    """The token LP on a placement, then :func:`without_idle_floor`; both by ``end`` (a
+    ``perf_counter`` time). None when not even the first fits."""
     t0 = time.perf_counter()
-    cand, _ = token_lp(prob, lay, replicas, end)
+    cand = best_split(prob, lay, replicas, end)
     # the second LP is the same size: run it only if it fits in what is left
-    if cand is None or remaining(end) < time.perf_counter() - t0 or cand.replicas.shape[0] == 0:
+    if cand is None or remaining(end) < time.perf_counter() - t0:
+        return cand
+    return without_idle_floor(prob, lay, cand, end)
+
+
+def without_idle_floor(prob: Problem, lay: int, cand: LayerPlan, end: float) -> LayerPlan:
+    """``cand`` (a token-LP plan) or, if better, the token LP again without the replicas it gave
+    fewer tokens than the roofline floor (``alpha·p < beta``: the LP charges every host ``beta``, so
+    it keeps such a replica where dropping it and re-splitting is shorter)."""
+    if cand.replicas.shape[0] == 0:
         return cand
     g, e_all = prob.loads.shape[1:]
     proc = np.bincount(cand.routes[:, 2] * e_all + cand.routes[:, 1], weights=cand.tokens, minlength=g * e_all)
@@ -62,7 +79,7 @@ def polished_placement(prob: Problem, lay: int, replicas: np.ndarray, end: float
     small = proc[rep[:, 2] * e_all + rep[:, 0]] * prob.params.alpha_us < prob.params.beta_us
     if not small.any():
         return cand
-    fewer, _ = token_lp(prob, lay, rep[~small], end)
+    fewer = best_split(prob, lay, rep[~small], end)
     return fewer if fewer is not None and fewer.makespan_us < cand.makespan_us else cand
 
 
@@ -86,17 +103,18 @@ def polished_start(prob: Problem, first: SolverResult) -> tuple[list[LayerPlan],
 
 @register("lp-tokens", Option("base", "choice", "static", choices=("static", "greedy")), prepare=prepare)
 def solve_lp_tokens(prob: Problem, base: str = "static") -> SolverResult:
-    """Token-assignment LP on the placement of ``base`` (``static`` or ``greedy``)."""
+    """Token-assignment LP on the placement of ``base`` (``static`` or ``greedy``): compiled where
+    it fits (:func:`best_split`), HiGHS otherwise, each layer in its share of the budget."""
     first = run_kernel(prob, 0) if base == "static" else greedy_first(prob)
-    if too_short_for_lp(prob):
+    if nothing_fits(prob):
         return greedy_fallback(first, "lp-tokens") if base == "greedy" else \
             SolverResult(first.replicas, first.route_idx, first.route_tok,
-                         dict(first.info, message="budget too short for the token LP: the static plan"))
+                         dict(first.info, status="heuristic", message="budget too short for the token LP: the static plan"))
     parts = split_layers(prob, first) if base == "static" else greedy_start(prob, first)
     L = len(parts)
     solved = 0
     for lay in range(L):
-        cand, _ = token_lp(prob, lay, parts[lay].replicas, time.perf_counter() + remaining(prob.deadline) / (L - lay))
+        cand = best_split(prob, lay, parts[lay].replicas, time.perf_counter() + remaining(prob.deadline) / (L - lay))
         solved += cand is not None
         if cand is not None and cand.makespan_us < parts[lay].makespan_us:
             parts[lay] = cand

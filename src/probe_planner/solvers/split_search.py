@@ -1,0 +1,275 @@
+"""Placement search scored by the compiled token split (:mod:`.split_lp`): fast enough for the
+budgets where HiGHS cannot even start (a neighbour costs ~0.1 ms on an 8-rank layer).
+
+Every neighbour is scored by the exact split's LP objective, so a copy that only pays once the
+experts sharing its hosts are re-split is seen as paying (the case where greedy's one-move-at-a-time
+scoring misses every copy). Neighbours, most promising first: one of the hottest experts (tokens
+per host) copied onto every rank that can take it, or onto half of them; one copy of a hot expert
+onto one of the least loaded eligible ranks; drop a copy; swap a copy for an add on the same rank;
+and, when no single move helps, pairs of adds (two copies that lower the maximum only together,
+e.g. for two tied bottleneck ranks). First improvement, until none helps or
+the time is up; the best placement is then decoded into routes and kept only if its plan is better.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from itertools import combinations
+
+import numba as nb
+import numpy as np
+
+from ..plan import LayerPlan
+from ..problem import Problem
+from ..window import copies_fit
+from .layers import remaining
+from .placement_search import placement_fits
+from .split_lp import hosts_of, split_plan, split_solution
+from .split_lp import prepare as split_prepare
+from .token_lp import without_idle_floor
+
+_HOT = 6  # experts tried for a copy per round
+_DESTS = 3  # destinations per expert
+_PAIRS = 4  # best single adds combined into pairs when stuck
+_EPS = 1e-9
+_DECODE_S = 2e-3  # decoding and scoring the best placement (~1 ms on an 8-rank layer here)
+
+
+def _copies(reps: list[tuple[int, int, int]]) -> np.ndarray:
+    """The real copies of a search state ``[R, 3]`` (entries ``(e, -1, r)`` mark a native host ``r``
+    of ``e`` left idle: the split gives it nothing, so it does not pay the roofline floor)."""
+    arr = np.array(reps, dtype=np.int64).reshape(-1, 3)
+    return arr[arr[:, 1] >= 0]
+
+
+def _hosts(prob: Problem, reps: list[tuple[int, int, int]]) -> np.ndarray:
+    hosts = hosts_of(prob, _copies(reps))
+    for e, u, r in reps:
+        if u < 0:
+            hosts[r, e] = False
+    return hosts
+
+
+def _idles(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Native hosts that could be left idle: those of experts with another active host, the ones
+    with the fewest tokens of their own for it first (on dust-load layers every active host pays the
+    floor ``β``, and the optimum often moves a native expert's tokens to a copy)."""
+    hosts = _hosts(prob, reps)
+    count = hosts.sum(axis=0)
+    r_idx, e_idx = np.nonzero(prob.topology.native & hosts & (count >= 2)[None, :])
+    order = np.argsort(prob.loads[lay][r_idx, e_idx], kind="stable")
+    return [(int(e_idx[i]), -1, int(r_idx[i])) for i in order[:_HOT]]
+
+
+def _objective(prob: Problem, lay: int, reps: list[tuple[int, int, int]], end: float):
+    sol = split_solution(prob, lay, _hosts(prob, reps), end)
+    return (math.inf, None) if sol is None else (sol.objective_us, sol)
+
+
+def _adds(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
+    """Candidate copies per hot expert (the hottest by tokens per host first): onto every rank that
+    can take it (a free slot, not a host), least loaded first; the source a native host, on the
+    destination's node when one is."""
+    topo = prob.topology
+    hosts = _hosts(prob, reps)
+    n_e = prob.loads[lay].sum(axis=0)
+    count = hosts.sum(axis=0)
+    per_host = np.where(count > 0, n_e / np.maximum(count, 1), 0.0)
+    est = (hosts * per_host[None, :]).sum(axis=1)  # tokens a rank would process under an even split
+    used = np.bincount(_copies(reps)[:, 2], minlength=topo.num_ranks)
+    free = used < topo.slots
+    node = topo.node_of
+    out = []
+    for e in np.argsort(-per_host, kind="stable")[:_HOT]:
+        if per_host[e] <= 0:
+            break
+        natives = np.flatnonzero(topo.native[:, e])
+        row = []
+        for r in np.argsort(est, kind="stable"):
+            if free[r] and not hosts[r, e] and not topo.native[r, e]:
+                same = natives[node[natives] == node[r]]
+                row.append((int(e), int(same[0] if same.size else natives[0]), int(r)))
+        if row:
+            out.append(row)
+    return out
+
+
+def _neighbours(reps: list[tuple[int, int, int]], adds: list[list[tuple[int, int, int]]], idles: list[tuple[int, int, int]]):
+    """Moves as (new copies, how many of the last ones may be shed to fit the windows): a hot expert
+    onto every rank that can take it, and onto half of them (traffic falls on every rank at once,
+    the only way to lower a maximum many ranks share); one copy; a native host left idle; a drop
+    (of a copy, or of an idle mark); a swap on one rank."""
+    for row in adds:
+        if len(row) > 1:
+            yield reps + row, len(row) - 1
+        if len(row) > 3:
+            yield reps + row[:len(row) // 2], len(row) // 2 - 1
+    for row in adds:
+        for c in row[:_DESTS]:
+            yield reps + [c], 0
+    for c in idles:
+        yield reps + [c], 0
+    for i in range(len(reps)):
+        yield reps[:i] + reps[i + 1:], 0
+    for i, old in enumerate(reps):
+        if old[1] < 0:
+            continue
+        for row in adds:
+            for c in row[:_DESTS]:
+                if c[2] == old[2] and c[0] != old[0]:
+                    yield reps[:i] + reps[i + 1:] + [c], 0
+
+
+def _fitting(prob: Problem, mv: list, shed: int) -> np.ndarray | None:
+    """The move's copies, shedding up to ``shed`` of the last ones until they fit slots and windows."""
+    for k in range(shed + 1):
+        arr = np.array(mv[:len(mv) - k], dtype=np.int64).reshape(-1, 3)
+        if placement_fits(prob, arr[arr[:, 1] >= 0]):
+            return arr
+    return None
+
+
+@nb.njit(cache=True, nogil=True)
+def _fill_kernel(n_e, hosts, native, node_of, slots, used, cnt, unit, windows, out):
+    """Add copies of the hottest expert per host onto the least loaded rank (tokens under an even
+    split) that can take it, until none fits; ``cnt [G, 4]``: copies received intra/inter and sent
+    intra/inter per rank so far. Writes ``(expert, src, dst)`` rows to ``out``; returns how many."""
+    g, e_all = hosts.shape
+    k = 0
+    while k < out.shape[0]:
+        per_host = np.zeros(e_all)
+        for e in range(e_all):
+            h = 0
+            for r in range(g):
+                h += hosts[r, e]
+            per_host[e] = n_e[e] / h if h > 0 else 0.0
+        est = np.zeros(g)
+        for r in range(g):
+            for e in range(e_all):
+                if hosts[r, e]:
+                    est[r] += per_host[e]
+        by_rank = np.argsort(est)
+        added = False
+        for e in np.argsort(-per_host):
+            if per_host[e] <= 0.0:
+                break
+            for r in by_rank:
+                if used[r] >= slots or hosts[r, e]:
+                    continue
+                for same in (True, False):  # a source on the destination's node first
+                    for u in range(g):
+                        if not native[u, e] or (node_of[u] == node_of[r]) != same:
+                            continue
+                        kd = 0 if same else 1
+                        if copies_fit(cnt[r, kd] + 1, unit[kd], windows[r]) and copies_fit(cnt[u, 2 + kd] + 1, unit[kd], windows[u]):
+                            out[k, 0], out[k, 1], out[k, 2] = e, u, r
+                            k += 1
+                            hosts[r, e] = True
+                            used[r] += 1
+                            cnt[r, kd] += 1
+                            cnt[u, 2 + kd] += 1
+                            added = True
+                            break
+                    if added:
+                        break
+                if added:
+                    break
+            if added:
+                break
+        if not added:
+            break
+    return k
+
+
+def _filled(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """``reps`` plus copies of the hottest expert per host, one at a time onto the least loaded rank
+    that can take it, until no copy fits a slot and both windows (an EPLB-like start: on layers
+    where traffic is spread over every rank no single copy pays, a full set of them does)."""
+    topo, p = prob.topology, prob.params
+    g = topo.num_ranks
+    arr = _copies(reps)
+    inter = (topo.node_of[arr[:, 1]] != topo.node_of[arr[:, 2]]).astype(np.int64)
+    cnt = np.zeros((g, 4), dtype=np.int64)
+    np.add.at(cnt, (arr[:, 2], inter), 1)
+    np.add.at(cnt, (arr[:, 1], 2 + inter), 1)
+    used = np.bincount(arr[:, 2], minlength=g).astype(np.int64)
+    out = np.zeros((max(0, g * topo.slots - arr.shape[0]), 3), dtype=np.int64)
+    k = _fill_kernel(prob.loads[lay].sum(axis=0), _hosts(prob, reps) | topo.native, topo.native, topo.node_of, topo.slots, used, cnt,
+                     np.array([p.copy_intra_us, p.copy_inter_us]), prob.windows_us, out)
+    return reps + [tuple(int(v) for v in c) for c in out[:k]]
+
+
+def search_split_placement(prob: Problem, lay: int, start: LayerPlan, end: float) -> LayerPlan:
+    """First-improvement search (see the module docstring) by ``end`` (a ``perf_counter`` time) from
+    the best of ``start``'s copies, those with every slot filled (:func:`_filled`), and a filled
+    placement from scratch; returns the better of ``start`` and the best placement's plan (decoded
+    from its LP solution, kept for that, so the end needs no new LP)."""
+    reps = [tuple(int(v) for v in r) for r in start.replicas]
+    stop = end - min(_DECODE_S, 0.3 * (end - time.perf_counter()))  # keep time to decode the result
+    best, sol = _objective(prob, lay, reps, stop)
+    if sol is None:
+        return start
+    moved = False
+    for base in (reps, []):  # also start from the slots filled, on top of the plan and from scratch
+        full = _filled(prob, lay, base)
+        if len(full) > len(base):
+            f, s = _objective(prob, lay, full, stop)
+            if f < best * (1 - _EPS):
+                reps, best, sol, moved = full, f, s, True
+    while time.perf_counter() < stop:
+        adds = _adds(prob, lay, reps)
+        found = None
+        single = []
+        for mv, shed in _neighbours(reps, adds, _idles(prob, lay, reps)):
+            if time.perf_counter() >= stop:
+                break
+            arr = _fitting(prob, mv, shed)
+            if arr is None:
+                continue
+            mv = [tuple(int(v) for v in c) for c in arr]
+            f, s = _objective(prob, lay, mv, stop)
+            if len(mv) == len(reps) + 1 and s is not None:
+                single.append((f, mv[-1]))
+            if f < best * (1 - _EPS):
+                found, best, sol = mv, f, s
+                break
+        if found is None:  # stuck: pairs of the best single adds
+            single.sort()
+            for a, b in combinations([c for _, c in single[:_PAIRS]], 2):
+                if time.perf_counter() >= stop:
+                    break
+                mv = reps + [a, b]
+                if a[0] == b[0] and a[2] == b[2] or not placement_fits(prob, _copies(mv)):
+                    continue
+                f, s = _objective(prob, lay, mv, stop)
+                if f < best * (1 - _EPS):
+                    found, best, sol = mv, f, s
+                    break
+        if found is None:
+            break
+        reps, moved = found, True
+    if not moved:
+        return start
+    arr = _copies(reps)
+    cand = split_plan(prob, lay, arr, sol)
+    if remaining(end) > 0.5 * _DECODE_S:  # replicas given less than the roofline floor dropped
+        cand = without_idle_floor(prob, lay, cand, end)
+    return cand if cand.makespan_us < start.makespan_us else start
+
+
+_ready = False
+
+
+def prepare() -> None:
+    """Compile (or load) the kernels ``auto`` uses once, outside any budget: :mod:`.split_lp`'s and
+    the fill kernel."""
+    global _ready
+    split_prepare()
+    if not _ready:
+        hosts = np.ones((1, 1), dtype=bool)
+        native = hosts.copy()
+        native.setflags(write=False)  # Topology.native is read-only: the same specialization
+        _fill_kernel(np.ones(1), hosts, native, np.zeros(1, np.int64), 1, np.zeros(1, np.int64), np.zeros((1, 4), np.int64),
+                     np.ones(2), np.ones(1), np.zeros((0, 3), np.int64))
+        _ready = True
