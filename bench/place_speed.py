@@ -16,9 +16,7 @@ import numpy as np
 
 from probe_planner import Topology
 from probe_planner.baselines.eplb import eplb_placement
-from probe_planner.loads import spread_uniform
-from probe_planner.place import Placement, place
-from probe_planner.place.scorer import expected_makespan_us
+from probe_planner.place import Placement, place, score_placement
 
 
 def zipf_window(T: int, L: int, E: int, tokens: int, seed: int = 0) -> np.ndarray:
@@ -48,10 +46,7 @@ def main() -> None:
     ep = eplb_placement(win.sum(axis=0), topo, args.slots * topo.num_ranks - topo.num_experts)
     t_eplb = time.perf_counter() - t
     # the EPLB placement scored like place()'s result: the same evaluation batches, the same dispatch
-    idx = np.unique(np.linspace(0, args.batches - 1, 64).round().astype(np.int64))
-    ev = spread_uniform(win[idx], topo.num_ranks)
-    eh = Placement.from_map(ep).hosts
-    eplb_us = sum(expected_makespan_us(ev[:, lay], eh[lay], topo).mean() for lay in range(args.layers))
+    eplb_us = float(score_placement(win, Placement.from_map(ep).hosts, topo).sum())
     print(f"window [{args.batches}, {args.layers}, {topo.num_experts}] on {topo.num_ranks} ranks "
           f"({topo.ranks_per_node} per node), {args.slots} slots per rank")
     names, counts = np.unique(pl.info["starts_won"], return_counts=True)

@@ -142,3 +142,27 @@ def test_auto_at_one_millisecond_is_never_worse_than_greedy(case):
     auto = solve(loads, topo, replace(budget, time_limit_s=1e-3), solver="auto")
     if "time limit inside greedy" not in auto.message:  # a cut greedy start is not the greedy plan
         assert auto.makespan_us <= greedy.makespan_us * (1 + 1e-9) + 1e-9
+
+
+def test_relocation_chain_reaches_the_milp_optimum_on_a_floor_bound_layer():
+    """Every expert below the roofline floor: each rank's compute is its count of active experts.
+    The optimum moves three hot experts round a cycle of ranks (each copied to where its tokens
+    are, its native left idle); no single copy pays, so greedy makes none."""
+    topo = make_topology(1, 4, 2, slots=2, hidden=1024, ffn=512)
+    loads = np.array([[14, 29, 107, 17, 9, 3, 5, 6], [38, 7, 10, 16, 19, 114, 6, 12],
+                      [9, 111, 10, 31, 5, 11, 22, 7], [4, 32, 22, 15, 0, 6, 3, 90]], dtype=float)
+    from probe_planner.cost import CostParams
+
+    window = CostParams.from_topology(topo).copy_intra_us  # one copy in and one out per rank
+    budget = Budget(window_us=window, time_limit_s=30.0)
+    exact = solve(loads, topo, budget, solver="milp")
+    greedy = solve(loads, topo, budget, solver="greedy")
+    assert exact.status == "optimal" and greedy.num_replicas == 0 and greedy.makespan_us > 1.3 * exact.makespan_us
+    prob = Problem.build(loads, topo, budget)
+    start = split_layers(prob, greedy_first(prob))[0]
+    found = search_split_placement(prob, 0, start, time.perf_counter() + 5.0)
+    assert found.makespan_us == pytest.approx(exact.makespan_us, rel=1e-6)
+    plan = solve(loads, topo, Budget(window_us=window, time_limit_s=0.05), solver="auto")  # validated
+    assert plan.makespan_us == pytest.approx(exact.makespan_us, rel=1e-6)
+    idle = plan.layer(0)
+    assert plan.num_replicas == 3 and idle.replicas.shape[0] == 3

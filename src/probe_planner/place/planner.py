@@ -196,6 +196,15 @@ def _sample(T: int, n: int) -> np.ndarray:
     return idx[order]
 
 
+def _eval_sample(T: int, n: int, searched: np.ndarray) -> np.ndarray:
+    """The batches before/after are scored on: ``n`` spread over those the search did not see when the
+    window holds that many more (an honest estimate of the gain on batches to come), else over all."""
+    rest = np.setdiff1d(np.arange(T), searched)
+    if rest.size >= n:
+        return rest[_sample(rest.size, n)]
+    return _sample(T, n)
+
+
 def place(window, topology: Topology, slots: int, *, current=None, reserve: int = 0, move_budget_bytes: float | None = None,
           move_budget_us: float | None = None, min_gain: float = 0.01, max_batches: int = 16, eval_batches: int = 32,
           time_limit_s: float = 8.0, eplb_start: bool = True, exact: bool = False, workers: int | None = None) -> Placement:
@@ -210,8 +219,9 @@ def place(window, topology: Topology, slots: int, *, current=None, reserve: int 
     for all copies at once at the card's bandwidths (each copy from a current host, same node first);
     both optional, each shared out evenly over the layers. min_gain: the relative expected gain below
     which the current placement is returned unchanged. max_batches: batches the search scores each
-    candidate on; eval_batches: batches the reported before/after (and the min_gain test) use; both
-    spread evenly over the window (all of it when shorter). time_limit_s: the search's wall-time
+    candidate on; eval_batches: batches the reported before/after (and the min_gain test) use — batches
+    the search did not see when the window has ``max_batches + eval_batches`` or more, else spread over
+    all of it (every batch when it is shorter than ``eval_batches``). time_limit_s: the search's wall-time
     budget; eplb_start: also search from an EPLB-style start; exact: also solve each small layer's MILP
     (:mod:`.exact`, half the layer's time share) and search from its placement — ``info["bound_us"]``
     then holds each layer's lower bound on the search batches (``-inf`` where none); workers: threads searching layers at once
@@ -245,6 +255,8 @@ def place(window, topology: Topology, slots: int, *, current=None, reserve: int 
     eval_batches = _count("eval_batches", eval_batches, 1)
     if isinstance(time_limit_s, bool) or not isinstance(time_limit_s, (int, float)) or not 0 < time_limit_s < math.inf:
         raise PlacementError(f"time_limit_s must be a finite number > 0, got {time_limit_s!r}")
+    if workers is not None:
+        workers = _count("workers", workers, 1)
     cur = _current_hosts(current, topology, L)
 
     # the budget as copy counts: in all, and per rank, link kind and direction (the window rule)
@@ -261,7 +273,7 @@ def place(window, topology: Topology, slots: int, *, current=None, reserve: int 
     copy_l = _shares(np.int64(copy_cap), L)
 
     search_idx = _sample(T, max_batches)
-    score_idx = _sample(T, eval_batches)
+    score_idx = _eval_sample(T, eval_batches, search_idx)
     sources_given = w.ndim == 4
     batches = w[search_idx] if sources_given else spread_uniform(w[search_idx], G)  # [B, L, G, E]
     integral = bool(np.all(batches == np.floor(batches)))
@@ -362,13 +374,14 @@ def place(window, topology: Topology, slots: int, *, current=None, reserve: int 
                      info=dict(info, time_s=time.perf_counter() - t0))
 
 
-def score_placement(window, hosts, topology: Topology, eval_batches: int = 32) -> np.ndarray:
-    """``[L]`` expected makespan µs per layer of the host matrices ``hosts [L, G, E]`` over ``eval_batches``
-    batches of ``window`` spread evenly (the batches :func:`place` reports on), each dispatched by the
-    static rule."""
+def score_placement(window, hosts, topology: Topology, eval_batches: int = 32, max_batches: int = 16) -> np.ndarray:
+    """``[L]`` expected makespan µs per layer of the host matrices ``hosts [L, G, E]`` on the batches of
+    ``window`` that :func:`place` with the same ``eval_batches`` / ``max_batches`` reports on, each
+    dispatched by the static rule."""
     w = check_window(window, topology)
     h = _current_hosts(hosts, topology, w.shape[1])
-    idx = _sample(w.shape[0], _count("eval_batches", eval_batches, 1))
+    T = w.shape[0]
+    idx = _eval_sample(T, _count("eval_batches", eval_batches, 1), _sample(T, _count("max_batches", max_batches, 1)))
     ev = w[idx] if w.ndim == 4 else spread_uniform(w[idx], topology.num_ranks)
     integral = bool(np.all(ev == np.floor(ev)))
     params = dispatch_params(topology)

@@ -11,13 +11,13 @@ import numpy as np
 
 from ..problem import Problem
 from . import SolverResult
-from .layers import finish, greedy_fallback, greedy_first, model_size, nothing_fits, phase_fits, remaining, too_short_for_lp
+from .layers import finish, greedy_fallback, greedy_first, greedy_start, model_size, nothing_fits, phase_fits, remaining, too_short_for_lp
 from .lp_backends import lp_solver_for
 from .lp_round import lp_round_layer, lp_seconds
 from .milp import MILP_OPTIONS, milp_layers
 from .registry import register
 from .split_search import prepare, search_split_placement
-from .token_lp import polished_start
+from .token_lp import polished_placement
 
 
 @register("auto", *MILP_OPTIONS, prepare=prepare)
@@ -34,7 +34,8 @@ def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
     first = greedy_first(prob)
     if nothing_fits(prob):
         return greedy_fallback(first, "auto")
-    parts, notes = polished_start(prob, first)
+    parts = greedy_start(prob, first)
+    notes = [] if first.info["finished"] else ["time limit inside greedy: returned greedy's partial plan"]
     L = len(parts)
     lp_bounds = np.full(L, -math.inf)
     searched = set()
@@ -47,12 +48,15 @@ def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
         lp_s = lp_seconds(cols, lp_solver_for(prob.topology.num_nodes, cols) == "ipm") if highs else math.inf
         rounding = lp_s <= _LP_SHARE * left and left < _LP_BEFORE_S
         if not rounding and (not highs or left < _MILP_MIN_S):
-            # no HiGHS phase fits the layer's share, or only a MILP too short to leave its root:
-            # the placement search on the compiled token split
+            # no HiGHS phase fits the layer's share, or only a MILP too short to leave its root: the
+            # placement search on the compiled token split (its first LP is greedy's exact split)
             parts[lay] = search_split_placement(prob, lay, parts[lay], end)
             searched.add(lay)
             compiled += 1
             continue
+        cand = polished_placement(prob, lay, parts[lay].replicas, time.perf_counter() + _POLISH_SHARE * left)
+        if cand is not None and cand.makespan_us < parts[lay].makespan_us:
+            parts[lay] = cand
         if rounding:  # LP rounding where it takes a small part of the share
             # the MILP after the search needs twice its root LP's time, else the search takes it all
             milp_fits = 0.85 * (1 - _SEARCH_SHARE) * left >= 2 * lp_s
@@ -77,6 +81,8 @@ _LP_BEFORE_S = 1.2
 # A MILP given less than this per layer rarely gets past its root (64x8: 1.6-2.4 s for the root,
 # above); the compiled search uses such a share better.
 _MILP_MIN_S = 0.5
+# The exact token split of greedy's placement before the HiGHS phases (a few ms: the MILP's cutoff).
+_POLISH_SHARE = 0.2
 
 
 # ... and then searches the placement's neighbourhood until this share of the layer's time is used

@@ -350,10 +350,23 @@ def split_flows(prob: Problem, lay: int, sol: SplitSolution) -> tuple[np.ndarray
     return multinode_flows_from(h_e, h_r, l, w, v, qv[:, 0], qv[:, 1], oa, ob, loads, prob.topology.node_of)
 
 
-def split_plan(prob: Problem, lay: int, replicas: np.ndarray, sol: SplitSolution) -> LayerPlan:
-    """The plan of ``sol`` (solved for ``replicas``' hosts): integral routes when the loads are
+def split_plan(prob: Problem, lay: int, replicas: np.ndarray, sol: SplitSolution, hosts: np.ndarray | None = None) -> LayerPlan:
+    """The plan of ``sol``, solved for the host mask ``hosts`` (default: the native placement plus
+    ``replicas``; a mask may leave some of those hosts idle): integral routes when the loads are
     integral, unused replicas dropped, scored by the cost model."""
     flows, y = split_flows(prob, lay, sol)
+    if hosts is not None:  # an expert the mask leaves one host of several: every token to that host
+        held = hosts_of(prob, replicas)
+        loads = prob.loads[lay]
+        sole = np.flatnonzero((hosts.sum(axis=0) == 1) & (held.sum(axis=0) > 1) & (loads.sum(axis=0) > 0))
+        if sole.size:
+            r_of = np.argmax(hosts[:, sole], axis=0)
+            s_idx, j = np.nonzero(loads[:, sole] > 0)
+            extra = np.stack([s_idx, sole[j], r_of[j]], axis=1)
+            flows = np.vstack([flows, extra])
+            y = np.concatenate([y, loads[s_idx, sole[j]]])
+            order = np.lexsort((flows[:, 2], flows[:, 1], flows[:, 0]))
+            flows, y = flows[order], y[order]
     routes, tok = integral_routes(flows, y, prob.loads[lay], prob.integral)
     rep = drop_unused(replicas, routes, prob.loads.shape[1:])
     return LayerPlan(rep, routes, tok, layer_makespan(prob, lay, rep, routes, tok))

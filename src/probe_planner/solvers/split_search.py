@@ -46,9 +46,53 @@ def _copies(reps: list[tuple[int, int, int]]) -> np.ndarray:
 def _hosts(prob: Problem, reps: list[tuple[int, int, int]]) -> np.ndarray:
     hosts = hosts_of(prob, _copies(reps))
     for e, u, r in reps:
-        if u < 0:
+        if u < 0 and hosts[:, e].sum() > 1:  # never the expert's last host
             hosts[r, e] = False
     return hosts
+
+
+def _chains(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
+    """Relocation chains: expert ``e`` moves from its native host ``u`` (left idle) to the rank
+    holding most of its tokens; that rank, now one expert busier, moves one of its own natives to
+    where that expert's tokens are, and so on until a chain returns to a rank an expert left or no
+    move gains. On floor-bound layers (every active expert costs ``β``: decode, small batches) each
+    rank's compute is its count of active experts, and only a cycle of such moves keeps every count
+    while making most tokens local — no single move pays (the MILP's optimum there)."""
+    topo = prob.topology
+    g = topo.num_ranks
+    loads = prob.loads[lay]
+    hosts = _hosts(prob, reps)
+    free = topo.slots - np.bincount(_copies(reps)[:, 2], minlength=g)
+    native_active = topo.native & hosts
+    gain = loads.max(axis=0)[None, :] - loads  # tokens made local by moving e from r to its best rank
+    starts = [(int(e), int(u)) for u, e in zip(*np.nonzero(native_active & (hosts.sum(axis=0) == 1)[None, :]), strict=True)]
+    starts.sort(key=lambda eu: -gain[eu[1], eu[0]])
+    out = []
+    for e0, u0 in starts[:2 * _HOT]:
+        moves, taken, moved = [], free.copy(), {e0}
+        e, u = e0, u0
+        for _ in range(g):
+            cand = [r for r in range(g) if r != u and taken[r] > 0 and not hosts[r, e] and not topo.native[r, e]]
+            if not cand:
+                break
+            r = max(cand, key=lambda r: loads[r, e])
+            if loads[r, e] <= loads[u, e]:
+                break
+            moves += [(e, u, r), (e, -1, u)]
+            taken[r] -= 1
+            if r == u0:  # closed: u0 freed the place the last expert takes
+                break
+            own = [x for x in np.flatnonzero(native_active[r]) if x not in moved and hosts[:, x].sum() == 1]
+            if not own:
+                break
+            e = int(max(own, key=lambda x: gain[r, x]))
+            if gain[r, e] <= 0:
+                break
+            moved.add(e)
+            u = r
+        if len(moves) > 2:
+            out.append(moves)
+    return out
 
 
 def _idles(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
@@ -95,11 +139,15 @@ def _adds(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[lis
     return out
 
 
-def _neighbours(reps: list[tuple[int, int, int]], adds: list[list[tuple[int, int, int]]], idles: list[tuple[int, int, int]]):
-    """Moves as (new copies, how many of the last ones may be shed to fit the windows): a hot expert
-    onto every rank that can take it, and onto half of them (traffic falls on every rank at once,
-    the only way to lower a maximum many ranks share); one copy; a native host left idle; a drop
-    (of a copy, or of an idle mark); a swap on one rank."""
+def _neighbours(reps: list[tuple[int, int, int]], adds: list[list[tuple[int, int, int]]], idles: list[tuple[int, int, int]],
+                chains: list[list[tuple[int, int, int]]]):
+    """Moves as (new copies, how many of the last ones may be shed to fit the windows): a relocation
+    chain (:func:`_chains`, shed from its end); a hot expert onto every rank that can take it, and
+    onto half of them (traffic falls on every rank at once, the only way to lower a maximum many
+    ranks share); one copy; a native host left idle; a drop (of a copy, or of
+    an idle mark); a swap on one rank."""
+    for ch in chains:
+        yield reps + ch, len(ch) - 2
     for row in adds:
         if len(row) > 1:
             yield reps + row, len(row) - 1
@@ -204,14 +252,20 @@ def search_split_placement(prob: Problem, lay: int, start: LayerPlan, end: float
     """First-improvement search (see the module docstring) by ``end`` (a ``perf_counter`` time) from
     the best of ``start``'s copies, those with every slot filled (:func:`_filled`), and a filled
     placement from scratch; returns the better of ``start`` and the best placement's plan (decoded
-    from its LP solution, kept for that, so the end needs no new LP)."""
+    from its LP solution, kept for that, so the end needs no new LP). With no move found that is the
+    exact token split of ``start``'s own placement."""
     reps = [tuple(int(v) for v in r) for r in start.replicas]
     stop = end - min(_DECODE_S, 0.3 * (end - time.perf_counter()))  # keep time to decode the result
     best, sol = _objective(prob, lay, reps, stop)
     if sol is None:
         return start
     moved = False
-    for base in (reps, []):  # also start from the slots filled, on top of the plan and from scratch
+    p = prob.params
+    # floor-bound layers (most experts below beta/alpha tokens: decode, small batches) want fewer
+    # active experts per rank, not more: no filled starts there
+    n_e = prob.loads[lay].sum(axis=0)
+    dust = np.mean(n_e[n_e > 0] * p.alpha_us < p.beta_us) > 0.5 if np.any(n_e > 0) else True
+    for base in ([] if dust else (reps, [])):  # also start from the slots filled, on top of the plan and from scratch
         full = _filled(prob, lay, base)
         if len(full) > len(base):
             f, s = _objective(prob, lay, full, stop)
@@ -221,7 +275,7 @@ def search_split_placement(prob: Problem, lay: int, start: LayerPlan, end: float
         adds = _adds(prob, lay, reps)
         found = None
         single = []
-        for mv, shed in _neighbours(reps, adds, _idles(prob, lay, reps)):
+        for mv, shed in _neighbours(reps, adds, _idles(prob, lay, reps), _chains(prob, lay, reps)):
             if time.perf_counter() >= stop:
                 break
             arr = _fitting(prob, mv, shed)
@@ -249,10 +303,10 @@ def search_split_placement(prob: Problem, lay: int, start: LayerPlan, end: float
         if found is None:
             break
         reps, moved = found, True
-    if not moved:
+    if not moved and best >= start.makespan_us * (1 - _EPS):  # not even the exact split of the start pays
         return start
     arr = _copies(reps)
-    cand = split_plan(prob, lay, arr, sol)
+    cand = split_plan(prob, lay, arr, sol, _hosts(prob, reps))
     if remaining(end) > 0.5 * _DECODE_S:  # replicas given less than the roofline floor dropped
         cand = without_idle_floor(prob, lay, cand, end)
     return cand if cand.makespan_us < start.makespan_us else start
