@@ -5,7 +5,7 @@ each expert gets and on which ranks, minimizing the expected per-batch makespan 
 weight moves; :class:`Placement` holds the answer, converts to the engines' maps
 (:mod:`probe_planner.engine_maps`) and gives the topology per-batch planning runs on. Modules: the
 front door (:mod:`.planner`), the result (:mod:`.placement`), the expected-makespan scorer
-(:mod:`.scorer`) and the local search (:mod:`.search`).
+(:mod:`.scorer`), the local search (:mod:`.search`) and the exact form for small layers (:mod:`.exact`).
 """
 
 from .placement import Placement, hosts_to_phy2log

@@ -1,11 +1,14 @@
 """``place()``: choose the long-lived placement for a window of per-batch loads (docs/formulation.md, "Long-lived placement").
 
-Per layer (layers are independent; the move budget is shared out evenly over them), from each start —
-the current placement fitted to the slot count, and an EPLB-style placement of the window's totals when
-its copies fit the layer's share of the budget — a local search (:mod:`.search`) lowers the mean
-makespan over ``max_batches`` sampled batches under the static dispatch (:mod:`.scorer`). The better
-end wins. Current and result are then scored on ``eval_batches`` batches of the window; when the
-expected gain is below ``min_gain`` the current placement is returned unchanged (``status = "kept"``).
+Per layer (layers are independent, searched in parallel threads; the move budget is shared out evenly
+over them), from each start — the current placement fitted to the slot count, an EPLB-style placement
+of the window's totals when its copies fit the layer's share of the budget, and with ``exact=True`` the
+small layer's MILP placement (:mod:`.exact`) — a local search (:mod:`.search`) lowers the mean makespan
+over ``max_batches`` sampled batches under the static dispatch (:mod:`.scorer`); the best end is then
+kicked and searched again while the layer's time lasts. Current and result are scored on
+``eval_batches`` batches of the window (unseen by the search when it is long enough); a layer made
+worse keeps its current placement, and when the expected gain is below ``min_gain`` the current
+placement is returned unchanged (``status = "kept"``).
 """
 
 from __future__ import annotations

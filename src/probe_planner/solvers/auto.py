@@ -17,7 +17,6 @@ from .lp_round import lp_round_layer, lp_seconds
 from .milp import MILP_OPTIONS, milp_layers
 from .registry import register
 from .split_search import prepare, search_split_placement
-from .token_lp import polished_placement
 
 
 @register("auto", *MILP_OPTIONS, prepare=prepare)
@@ -54,9 +53,9 @@ def solve_auto(prob: Problem, backend: str = "highs", mip_rel_gap: float = 1e-4)
             searched.add(lay)
             compiled += 1
             continue
-        cand = polished_placement(prob, lay, parts[lay].replicas, time.perf_counter() + _POLISH_SHARE * left)
-        if cand is not None and cand.makespan_us < parts[lay].makespan_us:
-            parts[lay] = cand
+        # the compiled search first, in a share: cheap, and a better start and cutoff for HiGHS
+        parts[lay] = search_split_placement(prob, lay, parts[lay], time.perf_counter() + _SEARCH_FIRST_SHARE * left)
+        left = remaining(prob.deadline) / (L - lay)
         if rounding:  # LP rounding where it takes a small part of the share
             # the MILP after the search needs twice its root LP's time, else the search takes it all
             milp_fits = 0.85 * (1 - _SEARCH_SHARE) * left >= 2 * lp_s
@@ -81,8 +80,10 @@ _LP_BEFORE_S = 1.2
 # A MILP given less than this per layer rarely gets past its root (64x8: 1.6-2.4 s for the root,
 # above); the compiled search uses such a share better.
 _MILP_MIN_S = 0.5
-# The exact token split of greedy's placement before the HiGHS phases (a few ms: the MILP's cutoff).
-_POLISH_SHARE = 0.2
+# Where HiGHS phases follow, the compiled search gets this share of the layer's time first: on small
+# floor-bound layers it finds what the LP rounding misses (relocation chains), and its plan is the
+# MILP's cutoff.
+_SEARCH_FIRST_SHARE = 0.25
 
 
 # ... and then searches the placement's neighbourhood until this share of the layer's time is used
