@@ -129,7 +129,7 @@ def test_filled_placements_respect_slots_and_windows(case):
     start = split_layers(prob, greedy_first(prob))[0]
     reps = [tuple(int(v) for v in r) for r in start.replicas]
     for base in (reps, []):
-        full = _filled(prob, 0, base)
+        full = _filled(prob, 0, base, time.perf_counter() + 10.0)
         assert full[:len(base)] == base
         assert placement_fits(prob, np.array(full, dtype=np.int64).reshape(-1, 3))
 

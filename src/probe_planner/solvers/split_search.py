@@ -33,7 +33,12 @@ _HOT = 6  # experts tried for a copy per round
 _DESTS = 3  # destinations per expert
 _PAIRS = 4  # best single adds combined into pairs when stuck
 _EPS = 1e-9
-_DECODE_S = 2e-3  # decoding and scoring the best placement (~1 ms on an 8-rank layer here)
+# Decoding the best placement's LP solution into routes and scoring them (Python, per expert with
+# several hosts; measured here 180 us per such expert on one node, 300-750 us across nodes, plus
+# the floor polish's second LP and decode): the search stops early enough to leave this.
+_DECODE_FIXED_S = 5e-4
+_FILL_NS_PER_ENTRY = 2e-8  # one fill step per [G, E] entry, loaded machine (measured ~5-15 ns quiet)
+_DECODE_PER_EXPERT_S = (3e-4, 1e-3)  # one node, several nodes (with a loaded machine's margin)
 
 
 def _copies(reps: list[tuple[int, int, int]]) -> np.ndarray:
@@ -51,13 +56,14 @@ def _hosts(prob: Problem, reps: list[tuple[int, int, int]]) -> np.ndarray:
     return hosts
 
 
-def _chains(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
+def _chains(prob: Problem, lay: int, reps: list[tuple[int, int, int]], stop: float) -> list[list[tuple[int, int, int]]]:
     """Relocation chains: expert ``e`` moves from its native host ``u`` (left idle) to the rank
     holding most of its tokens; that rank, now one expert busier, moves one of its own natives to
     where that expert's tokens are, and so on until a chain returns to a rank an expert left or no
     move gains. On floor-bound layers (every active expert costs ``β``: decode, small batches) each
     rank's compute is its count of active experts, and only a cycle of such moves keeps every count
-    while making most tokens local — no single move pays (the MILP's optimum there)."""
+    while making most tokens local — no single move pays (the MILP's optimum there). Built until
+    ``stop`` (a ``perf_counter`` time)."""
     topo = prob.topology
     g = topo.num_ranks
     loads = prob.loads[lay]
@@ -69,9 +75,13 @@ def _chains(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[l
     starts.sort(key=lambda eu: -gain[eu[1], eu[0]])
     out = []
     for e0, u0 in starts[:2 * _HOT]:
+        if time.perf_counter() >= stop:
+            break
         moves, taken, moved = [], free.copy(), {e0}
         e, u = e0, u0
         for _ in range(g):
+            if time.perf_counter() >= stop:
+                break
             cand = [r for r in range(g) if r != u and taken[r] > 0 and not hosts[r, e] and not topo.native[r, e]]
             if not cand:
                 break
@@ -104,6 +114,13 @@ def _idles(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[tu
     r_idx, e_idx = np.nonzero(prob.topology.native & hosts & (count >= 2)[None, :])
     order = np.argsort(prob.loads[lay][r_idx, e_idx], kind="stable")
     return [(int(e_idx[i]), -1, int(r_idx[i])) for i in order[:_HOT]]
+
+
+def _decode_s(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> float:
+    """What decoding a state's LP solution costs (:data:`_DECODE_PER_EXPERT_S`)."""
+    hosts = _hosts(prob, reps)
+    split = int(np.count_nonzero((hosts.sum(axis=0) > 1) & (prob.loads[lay].sum(axis=0) > 0)))
+    return _DECODE_FIXED_S + _DECODE_PER_EXPERT_S[prob.topology.num_nodes > 1] * split
 
 
 def _objective(prob: Problem, lay: int, reps: list[tuple[int, int, int]], end: float):
@@ -230,10 +247,11 @@ def _fill_kernel(n_e, hosts, native, node_of, slots, used, cnt, unit, windows, o
     return k
 
 
-def _filled(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+def _filled(prob: Problem, lay: int, reps: list[tuple[int, int, int]], stop: float) -> list[tuple[int, int, int]]:
     """``reps`` plus copies of the hottest expert per host, one at a time onto the least loaded rank
     that can take it, until no copy fits a slot and both windows (an EPLB-like start: on layers
-    where traffic is spread over every rank no single copy pays, a full set of them does)."""
+    where traffic is spread over every rank no single copy pays, a full set of them does). As many
+    copies as the time left before ``stop`` allows (each costs a pass over the ``[G, E]`` layer)."""
     topo, p = prob.topology, prob.params
     g = topo.num_ranks
     arr = _copies(reps)
@@ -242,7 +260,8 @@ def _filled(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[t
     np.add.at(cnt, (arr[:, 2], inter), 1)
     np.add.at(cnt, (arr[:, 1], 2 + inter), 1)
     used = np.bincount(arr[:, 2], minlength=g).astype(np.int64)
-    out = np.zeros((max(0, g * topo.slots - arr.shape[0]), 3), dtype=np.int64)
+    most = int(max(0.0, remaining(stop)) / (_FILL_NS_PER_ENTRY * g * topo.num_experts))
+    out = np.zeros((max(0, min(most, g * topo.slots - arr.shape[0])), 3), dtype=np.int64)
     k = _fill_kernel(prob.loads[lay].sum(axis=0), _hosts(prob, reps) | topo.native, topo.native, topo.node_of, topo.slots, used, cnt,
                      np.array([p.copy_intra_us, p.copy_inter_us]), prob.windows_us, out)
     return reps + [tuple(int(v) for v in c) for c in out[:k]]
@@ -255,7 +274,7 @@ def search_split_placement(prob: Problem, lay: int, start: LayerPlan, end: float
     from its LP solution, kept for that, so the end needs no new LP). With no move found that is the
     exact token split of ``start``'s own placement."""
     reps = [tuple(int(v) for v in r) for r in start.replicas]
-    stop = end - min(_DECODE_S, 0.3 * (end - time.perf_counter()))  # keep time to decode the result
+    stop = end - _decode_s(prob, lay, reps)  # keep time to decode the result
     best, sol = _objective(prob, lay, reps, stop)
     if sol is None:
         return start
@@ -266,16 +285,17 @@ def search_split_placement(prob: Problem, lay: int, start: LayerPlan, end: float
     n_e = prob.loads[lay].sum(axis=0)
     dust = np.mean(n_e[n_e > 0] * p.alpha_us < p.beta_us) > 0.5 if np.any(n_e > 0) else True
     for base in ([] if dust else (reps, [])):  # also start from the slots filled, on top of the plan and from scratch
-        full = _filled(prob, lay, base)
+        full = _filled(prob, lay, base, stop)
         if len(full) > len(base):
             f, s = _objective(prob, lay, full, stop)
-            if f < best * (1 - _EPS):
+            if f < best * (1 - _EPS) and remaining(end) > _decode_s(prob, lay, full):
                 reps, best, sol, moved = full, f, s, True
+                stop = end - _decode_s(prob, lay, reps)
     while time.perf_counter() < stop:
         adds = _adds(prob, lay, reps)
         found = None
         single = []
-        for mv, shed in _neighbours(reps, adds, _idles(prob, lay, reps), _chains(prob, lay, reps)):
+        for mv, shed in _neighbours(reps, adds, _idles(prob, lay, reps), _chains(prob, lay, reps, stop)):
             if time.perf_counter() >= stop:
                 break
             arr = _fitting(prob, mv, shed)
@@ -285,7 +305,7 @@ def search_split_placement(prob: Problem, lay: int, start: LayerPlan, end: float
             f, s = _objective(prob, lay, mv, stop)
             if len(mv) == len(reps) + 1 and s is not None:
                 single.append((f, mv[-1]))
-            if f < best * (1 - _EPS):
+            if f < best * (1 - _EPS) and remaining(end) > _decode_s(prob, lay, mv):
                 found, best, sol = mv, f, s
                 break
         if found is None:  # stuck: pairs of the best single adds
@@ -297,17 +317,19 @@ def search_split_placement(prob: Problem, lay: int, start: LayerPlan, end: float
                 if a[0] == b[0] and a[2] == b[2] or not placement_fits(prob, _copies(mv)):
                     continue
                 f, s = _objective(prob, lay, mv, stop)
-                if f < best * (1 - _EPS):
+                if f < best * (1 - _EPS) and remaining(end) > _decode_s(prob, lay, mv):
                     found, best, sol = mv, f, s
                     break
         if found is None:
             break
         reps, moved = found, True
+        stop = end - _decode_s(prob, lay, reps)
     if not moved and best >= start.makespan_us * (1 - _EPS):  # not even the exact split of the start pays
         return start
     arr = _copies(reps)
+    t0 = time.perf_counter()
     cand = split_plan(prob, lay, arr, sol, _hosts(prob, reps))
-    if remaining(end) > 0.5 * _DECODE_S:  # replicas given less than the roofline floor dropped
+    if remaining(end) > 2.5 * (time.perf_counter() - t0):  # an LP and a decode: replicas under the floor dropped
         cand = without_idle_floor(prob, lay, cand, end)
     return cand if cand.makespan_us < start.makespan_us else start
 
