@@ -8,6 +8,7 @@ left by a solver's tolerance would make the plan cost more than the solver prove
 
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 
 from ..problem import Problem
@@ -171,29 +172,79 @@ def node_flows(m: LayerModel, x: np.ndarray, loads: np.ndarray, host_mask: np.nd
 
 
 def single_node_flows_from(h_e: np.ndarray, h_r: np.ndarray, p: np.ndarray, loads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One node's routes from the tokens ``p`` each host ``(h_e, h_r)`` processes (see :func:`node_flows`)."""
-    p = np.maximum(p, 0.0)
-    p[p <= ZERO * loads.sum(axis=0)[h_e]] = 0.0  # solver noise, not work: see integral_routes
-    out = []
-    for e in np.unique(h_e):
-        sel = np.flatnonzero(h_e == e)
-        n_col = loads[:, e]
-        pe = p[sel]
-        if pe.sum() <= 0:  # nothing left: the first (native) host takes all
-            pe = np.zeros_like(pe)
-            pe[0] = n_col.sum()
-        pe = pe * (n_col.sum() / pe.sum())
-        ranks = h_r[sel]
-        loc = np.minimum(n_col[ranks], pe)
-        supply = n_col.copy()
-        supply[ranks] -= loc
-        demand = pe - loc
-        out.extend((r, e, r, v) for r, v in zip(ranks, loc, strict=True) if v > 0)
-        tol = 1e-12 * max(1.0, n_col.sum())
-        srcs = np.flatnonzero(supply > tol)
-        dsts = np.flatnonzero(demand > tol)
-        _northwest(srcs, supply[srcs], ranks[dsts], demand[dsts], e, out, tol)
-    return _flows_array(out)
+    """One node's routes from the tokens ``p`` each host ``(h_e, h_r)`` processes (see
+    :func:`node_flows`), hosts grouped by expert; ``(flows [F, 3], amounts)`` sorted by (source,
+    expert, destination)."""
+    order = np.argsort(h_e, kind="stable")
+    h_e, h_r, p = (np.ascontiguousarray(a[order]) for a in (h_e, h_r, p))
+    flows, amounts, k = _single_node_kernel(h_e.astype(np.int64), h_r.astype(np.int64), p.astype(np.float64), loads)
+    flows, amounts = flows[:k], amounts[:k]
+    order = np.lexsort((flows[:, 2], flows[:, 1], flows[:, 0]))
+    return flows[order], amounts[order]
+
+
+@nb.njit(cache=True, nogil=True)
+def _single_node_kernel(h_e, h_r, p, loads):
+    """Per expert (hosts contiguous in ``h_e``): noise dropped, processed tokens rescaled to the
+    expert's load, ``l = min(n, p)`` kept local, the rest paired source to host in rank order (a
+    northwest-corner transport, never a rank with itself)."""
+    g = loads.shape[0]
+    H = h_e.shape[0]
+    flows = np.zeros((H + H * g + g, 3), np.int64)
+    amounts = np.zeros(H + H * g + g)
+    k = 0
+    i = 0
+    supply = np.zeros(g)
+    while i < H:
+        e = h_e[i]
+        j = i
+        while j < H and h_e[j] == e:
+            j += 1
+        n_e = 0.0
+        for s in range(g):
+            n_e += loads[s, e]
+        pe = np.empty(j - i)
+        tot = 0.0
+        for t in range(i, j):
+            v = p[t] if p[t] > ZERO * n_e else 0.0  # solver noise, not work: see integral_routes
+            pe[t - i] = v
+            tot += v
+        if tot <= 0.0:  # nothing left: the first (native) host takes all
+            pe[:] = 0.0
+            pe[0] = n_e
+            tot = n_e
+        for t in range(j - i):
+            pe[t] *= n_e / tot
+        for s in range(g):
+            supply[s] = loads[s, e]
+        demand = np.empty(j - i)
+        for t in range(i, j):
+            r = h_r[t]
+            loc = min(loads[r, e], pe[t - i])
+            supply[r] -= loc
+            demand[t - i] = pe[t - i] - loc
+            if loc > 0.0:
+                flows[k, 0], flows[k, 1], flows[k, 2] = r, e, r
+                amounts[k] = loc
+                k += 1
+        tol = 1e-12 * max(1.0, n_e)
+        s = 0
+        d = 0
+        while s < g and d < j - i:
+            if supply[s] <= tol:
+                s += 1
+                continue
+            if demand[d] <= tol:
+                d += 1
+                continue
+            a = min(supply[s], demand[d])
+            flows[k, 0], flows[k, 1], flows[k, 2] = s, e, h_r[i + d]
+            amounts[k] = a
+            k += 1
+            supply[s] -= a
+            demand[d] -= a
+        i = j
+    return flows, amounts, k
 
 
 def _multinode_flows(m: LayerModel, x: np.ndarray, loads: np.ndarray, host_mask: np.ndarray,

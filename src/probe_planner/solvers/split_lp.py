@@ -390,7 +390,7 @@ _ready = False
 
 
 def prepare() -> None:
-    """Compile (or load from numba's cache) the greedy kernel and this LP's builder and simplex once,
+    """Compile (or load from numba's cache) the greedy kernel, this LP's builder and simplex and the decoder once,
     outside any solver's budget: loading them alone takes milliseconds."""
     global _ready
     greedy_prepare()
@@ -398,4 +398,5 @@ def prepare() -> None:
         hosts = np.ones((2, 2), dtype=bool)
         A, lo, hi, cl, cu, cost, *_ = build_split_lp(np.ones((2, 2)), hosts, np.zeros(2, np.int64), 1.0, 1.0, 1.0, 1.0)
         solve_dense(A, lo, hi, cl, cu, cost, 1e-9, 100)
+        single_node_flows_from(np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1), np.ones((2, 2)))
         _ready = True

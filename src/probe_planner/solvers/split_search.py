@@ -34,11 +34,11 @@ _DESTS = 3  # destinations per expert
 _PAIRS = 4  # best single adds combined into pairs when stuck
 _EPS = 1e-9
 # Decoding the best placement's LP solution into routes and scoring them (Python, per expert with
-# several hosts; measured here 180 us per such expert on one node, 300-750 us across nodes, plus
+# several hosts; measured here ~50 us per such expert on one node, 300-750 us across nodes, plus
 # the floor polish's second LP and decode): the search stops early enough to leave this.
 _DECODE_FIXED_S = 5e-4
 _FILL_NS_PER_ENTRY = 2e-8  # one fill step per [G, E] entry, loaded machine (measured ~5-15 ns quiet)
-_DECODE_PER_EXPERT_S = (3e-4, 1e-3)  # one node, several nodes (with a loaded machine's margin)
+_DECODE_PER_EXPERT_S = (1.2e-4, 1e-3)  # one node (compiled decoder), several nodes (Python), with a loaded machine's margin
 
 
 def _copies(reps: list[tuple[int, int, int]]) -> np.ndarray:
