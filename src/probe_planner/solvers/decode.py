@@ -307,26 +307,30 @@ def multinode_flows_from(h_e, h_r, l, w, v, q_s, q_e, oa, ob, loads: np.ndarray,
             inter = []
             _northwest(src[s_order], obe[s_order].copy(), ranks[d_order], ve[d_order].copy(), e, inter, tol)
             if any(node_of[a] == node_of[b] for a, _, b, _ in inter):
-                inter = _inter_by_lp(src[si], obe[si], ranks[di], ve[di], e, node_of, tol)
+                lp = _inter_by_lp(src[si], obe[si], ranks[di], ve[di], e, node_of, tol)
+                # the LP must place every sender's tokens; else the northwest pairing stands (a pair
+                # inside one node is still a valid route, only timed on the intra link)
+                if {a for a, *_ in lp} == {int(x) for x in src[si]}:
+                    inter = lp
             out.extend(inter)
     return _flows_array(out)
 
 
 def _inter_by_lp(src, supply, dst, demand, e, node_of, tol):
-    """Inter-node transport with no pair inside one node, as a small LP (fallback only)."""
+    """Inter-node transport with no pair inside one node, as a small LP (fallback only): as much of
+    the supplies as the demands take (a solver's last digits may leave them a hair apart, so neither
+    side is an equality), at most each supply and each demand."""
     from scipy.optimize import linprog
 
     allowed = [(i, j) for i in range(len(src)) for j in range(len(dst)) if node_of[src[i]] != node_of[dst[j]]]
     if not allowed:
         return []
-    a_eq = np.zeros((len(src) + len(dst), len(allowed)))
+    a_ub = np.zeros((len(src) + len(dst), len(allowed)))
     for k, (i, j) in enumerate(allowed):
-        a_eq[i, k] = 1.0
-        a_eq[len(src) + j, k] = 1.0
-    total = min(supply.sum(), demand.sum())
-    b = np.concatenate([supply * total / supply.sum(), demand * total / demand.sum()])
-    res = linprog(np.zeros(len(allowed)), A_eq=a_eq, b_eq=b, bounds=(0, None), method="highs")
+        a_ub[i, k] = 1.0
+        a_ub[len(src) + j, k] = 1.0
+    b = np.concatenate([supply, demand]) * (1 + 1e-9) + tol
+    res = linprog(-np.ones(len(allowed)), A_ub=a_ub, b_ub=b, bounds=(0, None), method="highs")
     if res.x is None:
         return []
     return [(src[i], e, dst[j], a) for (i, j), a in zip(allowed, res.x, strict=True) if a > tol]
-

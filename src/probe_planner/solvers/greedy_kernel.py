@@ -426,6 +426,11 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
         stuck_ties = 0
         looks = 0
         while searching and moves[lay] < max_moves:
+            # at the top, so the paths that `continue` (a swap, a re-split, a lookahead) are timed too
+            work += 1
+            if work % 4 == 1 and _now() > deadline:
+                finished = False
+                break
             best_mk, best_sq, best_e, best_d, best_s = _search(
                 mk, sq, sq, False, g, e_all, n_exp, n_dest, slots, integral, n, total, is_host, hosts, nh, nat_cnt, xh,
                 rank_exp, rank_cnt, used, copies, win, node_of, rpn, p, st, sc, cand_e, cand_d, dest, dest_cost)
@@ -447,6 +452,8 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
                 # windows better; keep the swap only if it beats the current plan.
                 swapped = False
                 for i in range(rep_start, n_rep):
+                    if _now() > deadline:  # each take-back costs a search or a lookahead
+                        break
                     e_i, u_i, d_i = rep[i, 1], rep[i, 2], rep[i, 3]
                     k_i = nh[e_i]
                     for t in range(k_i):  # the last save row: _lookahead uses the others
@@ -543,10 +550,6 @@ def plan_layers(loads, native, node_of, rpn, p, slots, win, integral, max_moves,
             n_rep += 1
             moves[lay] += 1
             mk, sq = score(comp, ct)
-            work += 1
-            if work % 4 == 1 and _now() > deadline:
-                finished = False
-                break
         layer_mk[lay] = score(comp, ct)[0]
         # emit the routes of split experts (local tokens first, then the remote mapping); a
         # single-host expert's routes are implied (probe_planner.routes)

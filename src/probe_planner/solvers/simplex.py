@@ -6,8 +6,9 @@ Problem: ``min c·x`` s.t. ``row_lo ≤ A x ≤ row_hi``, ``col_lo ≤ x ≤ col
 ``col_lo`` finite. Each row gets a variable ``r_i = A_i x`` bounded by the row's bounds, and an
 artificial for phase 1 when the start (every ``x`` at its lower bound) breaks the row. The tableau
 is dense ``[m, n + 2m]``: meant for m up to a few hundred rows (one pivot is one pass over it).
-Dantzig pricing; after a run of degenerate pivots Bland's rule (smallest index) until progress,
-which cannot cycle.
+Dantzig pricing; after a run of degenerate pivots Bland's rule for the entering variable (smallest
+index) until progress. Ratio-test ties go to the larger pivot, so cycling is not ruled out in
+theory: the iteration cap ends it (the LP then reports ITERATION_LIMIT and the caller falls back).
 """
 
 from __future__ import annotations

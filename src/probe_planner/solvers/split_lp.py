@@ -3,7 +3,8 @@ of docs/formulation.md, every host active) over the experts with several hosts o
 :mod:`.simplex` in well under a millisecond on an 8-rank layer where HiGHS needs tens.
 
 Experts with one host contribute constants (their compute on the host, their traffic on both ends).
-Token amounts are scaled to compute microseconds (``α·tokens``) so that every coefficient is O(1).
+Token amounts are scaled to compute microseconds (``α·tokens``), so the compute rows' coefficients
+are 1 and the link rows' ``τ/α`` (10-10⁴ over the model cards).
 Variables, per host ``r`` of a split expert: ``l`` (kept from its own source), ``w`` / ``v``
 (received within / across nodes), ``t`` (compute, ``≥ β``); per (source, split expert): ``oa`` /
 ``ob`` (sent within / across nodes) where the source has that choice, else a constant. Rows: the
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..plan import LayerPlan
 from ..problem import Problem
-from .decode import drop_unused, integral_routes, multinode_flows_from, single_node_flows_from
+from .decode import ZERO, drop_unused, integral_routes, multinode_flows_from, single_node_flows_from
 from .greedy import prepare as greedy_prepare
 from .layers import layer_makespan, remaining
 from .simplex import OPTIMAL, solve_dense
@@ -39,9 +40,12 @@ MAX_ROWS = 1500  # beyond this the dense tableau (rows x (cols + 2 rows)) is the
 
 
 @nb.njit(cache=True, nogil=True)
-def build_split_lp(loads, hosts, node_of, alpha, beta, tau_intra, tau_inter):
+def build_split_lp(loads, hosts, node_of, alpha, beta, tau_intra, tau_inter, max_rows, max_work):
     """The reduced token LP of one layer (see the module docstring). Returns ``(A, row_lo, row_hi,
-    col_lo, col_hi, cost, hv [H, 6], qv [P, 6])``: per split host ``(expert, rank, l, w, v, t)``
+    col_lo, col_hi, cost, hv [H, 6], qv [P, 6], qfix [P, 2], comp [G])`` (``comp``: each rank's
+    compute for its single-host experts). Refused — ``A`` empty, nothing allocated — when the LP
+    would have more than ``max_rows`` rows or ``rows² · (cols + 2·rows)`` (the simplex's typical
+    work) above ``max_work``: per split host ``(expert, rank, l, w, v, t)``
     column indices (-1: absent) and per (source, split expert) pair ``(source, expert, oa, ob,
     oa_fixed, ob_fixed)``, the last two the scaled constant sends where there is no choice (the
     ``oa``/``ob`` columns then -1). Columns 0 and 1 are ``Tm`` and ``Tc``."""
@@ -156,6 +160,8 @@ def build_split_lp(loads, hosts, node_of, alpha, beta, tau_intra, tau_inter):
             if k_nodes > 1:
                 nbal += 1 + k_nodes  # inter balance and Hall rows
     m += nbal + H + g + 4 * g
+    if m > max_rows or float(m) * m * (ncol + 2 * m) > max_work:  # before the dense tableau is allocated
+        return (np.zeros((0, 0)), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), hv, qv, qfix, comp)
     A = np.zeros((m, ncol))
     lo = np.zeros(m)
     hi = np.zeros(m)
@@ -289,7 +295,7 @@ def build_split_lp(loads, hosts, node_of, alpha, beta, tau_intra, tau_inter):
         tm_lo = max(tm_lo, lo[j]) if _row_empty(A, j) else tm_lo
     cl[0] = tm_lo
     cl[1] = tc_lo
-    return A[:row], lo[:row], hi[:row], cl, cu, cost, hv, qv, qfix
+    return A[:row], lo[:row], hi[:row], cl, cu, cost, hv, qv, qfix, comp
 
 
 @nb.njit(cache=True, inline="always")
@@ -302,14 +308,16 @@ def _row_empty(A, j):
 
 @dataclass(frozen=True)
 class SplitSolution:
-    """An optimal reduced token LP: its makespan ``objective_us`` (every host paying at least ``β``)
-    and what decoding it into routes needs."""
+    """An optimal reduced token LP: its makespan ``objective_us`` (every host paying at least ``β``),
+    ``effective_us`` (the same flows, idle hosts free) and what decoding it into routes needs."""
 
     objective_us: float
     x: np.ndarray
     hv: np.ndarray
     qv: np.ndarray
     qfix: np.ndarray
+    effective_us: float  # the same flows' makespan with hosts given nothing paying nothing (<= objective_us)
+    spread: float  # sum over ranks of that compute squared: breaks ties between equal makespans
 
 
 def split_solution(prob: Problem, lay: int, hosts: np.ndarray, end: float) -> SplitSolution | None:
@@ -320,19 +328,26 @@ def split_solution(prob: Problem, lay: int, hosts: np.ndarray, end: float) -> Sp
     if remaining(end) < _BUILD_FIXED_S + _BUILD_PER_ENTRY_S * g * e_all:  # not even the build fits
         return None
     p = prob.params
-    A, lo, hi, cl, cu, cost, hv, qv, qfix = build_split_lp(prob.loads[lay], hosts, prob.topology.node_of, p.alpha_us,
-                                                             p.beta_us, p.tok_intra_us, p.tok_inter_us)
+    max_work = remaining(end) / (_PIVOTS_PER_ROW * _NS_PER_ENTRY)
+    A, lo, hi, cl, cu, cost, hv, qv, qfix, comp = build_split_lp(prob.loads[lay], hosts, prob.topology.node_of, p.alpha_us,
+                                                                 p.beta_us, p.tok_intra_us, p.tok_inter_us, MAX_ROWS, max_work)
     m, n = A.shape
-    if m > MAX_ROWS:
+    if m == 0:  # refused: too big for the dense tableau or for the time left
         return None
     entries = m * (n + 2 * m)
     left = remaining(end)
-    if _PIVOTS_PER_ROW * m * entries * _NS_PER_ENTRY > left:
-        return None
     # an iteration cap from the time left keeps the budget even on an unlucky LP
     cap = max(1, int(left / max(entries * _NS_PER_ENTRY_SLOW, 1e-9)))
     status, x, obj, _ = solve_dense(A, lo, hi, cl, cu, cost, 1e-9, cap)
-    return SplitSolution(obj, x, hv, qv, qfix) if status == OPTIMAL else None
+    if status != OPTIMAL:
+        return None
+    # what the same flows cost when a host the split gives nothing pays nothing (the cost model's
+    # roofline: t(0) = 0), as the decoded plan will: the search compares placements by this
+    t = x[hv[:, 5]]
+    work = sum(np.where(hv[:, k] >= 0, x[np.maximum(hv[:, k], 0)], 0.0) for k in (2, 3, 4))
+    t = np.where(work > ZERO * p.alpha_us * prob.loads[lay].sum(axis=0)[hv[:, 0]], t, 0.0)
+    per_rank = comp + np.bincount(hv[:, 1], weights=t, minlength=g)
+    return SplitSolution(obj, x, hv, qv, qfix, 2.0 * float(x[0]) + float(per_rank.max(initial=0.0)), float(per_rank @ per_rank))
 
 
 def split_flows(prob: Problem, lay: int, sol: SplitSolution) -> tuple[np.ndarray, np.ndarray]:
@@ -396,7 +411,8 @@ def prepare() -> None:
     greedy_prepare()
     if not _ready:
         hosts = np.ones((2, 2), dtype=bool)
-        A, lo, hi, cl, cu, cost, *_ = build_split_lp(np.ones((2, 2)), hosts, np.zeros(2, np.int64), 1.0, 1.0, 1.0, 1.0)
+        A, lo, hi, cl, cu, cost, *_ = build_split_lp(np.ones((2, 2)), hosts, np.zeros(2, np.int64), 1.0, 1.0, 1.0, 1.0,
+                                                     MAX_ROWS, np.inf)
         solve_dense(A, lo, hi, cl, cu, cost, 1e-9, 100)
         single_node_flows_from(np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1), np.ones((2, 2)))
         _ready = True

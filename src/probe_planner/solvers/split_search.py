@@ -1,14 +1,18 @@
 """Placement search scored by the compiled token split (:mod:`.split_lp`): fast enough for the
 budgets where HiGHS cannot even start (a neighbour costs ~0.1 ms on an 8-rank layer).
 
-Every neighbour is scored by the exact split's LP objective, so a copy that only pays once the
-experts sharing its hosts are re-split is seen as paying (the case where greedy's one-move-at-a-time
-scoring misses every copy). Neighbours, most promising first: one of the hottest experts (tokens
-per host) copied onto every rank that can take it, or onto half of them; one copy of a hot expert
-onto one of the least loaded eligible ranks; drop a copy; swap a copy for an add on the same rank;
-and, when no single move helps, pairs of adds (two copies that lower the maximum only together,
-e.g. for two tied bottleneck ranks). First improvement, until none helps or
-the time is up; the best placement is then decoded into routes and kept only if its plan is better.
+A search state is a list of copies ``(expert, src, dst)`` and idle marks ``(expert, -1, rank)`` (a
+native host the split gives nothing, so it pays no roofline floor). Every neighbour is scored by the
+exact split's LP — the same flows' makespan with idle hosts free, ties broken by the spread of the
+ranks' compute — so a copy that only pays once the experts sharing its hosts are re-split is seen as
+paying (the case where greedy's one-move-at-a-time scoring misses every copy); copies the split
+gives less than the floor are tried without. Starts: the given copies, those with every slot filled,
+a fill from scratch (not on floor-bound layers). Neighbours, most promising first: relocation chains
+and single relocations (an expert moved to another rank, its native left idle: floor-bound layers);
+a hot expert copied onto every rank that can take it, or onto half of them; one copy of a hot expert;
+a native left idle; a drop; a swap on one rank; and, when no single move helps, pairs of copies.
+First improvement until none helps or the time is up; the best state's LP solution is decoded into
+routes and kept only if its plan is better.
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ _EPS = 1e-9
 # Decoding the best placement's LP solution into routes and scoring them (Python, per expert with
 # several hosts; measured here ~50 us per such expert on one node, 300-750 us across nodes, plus
 # the floor polish's second LP and decode): the search stops early enough to leave this.
-_DECODE_FIXED_S = 5e-4
+_DECODE_FIXED_S = 2e-4
 _FILL_NS_PER_ENTRY = 2e-8  # one fill step per [G, E] entry, loaded machine (measured ~5-15 ns quiet)
-_DECODE_PER_EXPERT_S = (1.2e-4, 1e-3)  # one node (compiled decoder), several nodes (Python), with a loaded machine's margin
+_DECODE_PER_EXPERT_S = (8e-5, 1e-3)  # one node (compiled decoder), several nodes (Python), with a loaded machine's margin
 
 
 def _copies(reps: list[tuple[int, int, int]]) -> np.ndarray:
@@ -54,6 +58,29 @@ def _hosts(prob: Problem, reps: list[tuple[int, int, int]]) -> np.ndarray:
         if u < 0 and hosts[:, e].sum() > 1:  # never the expert's last host
             hosts[r, e] = False
     return hosts
+
+
+def _relocations(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
+    """Single relocations: an expert on one of the two most loaded ranks (compute under an even
+    split, the floor included) copied onto one of the least loaded ranks that can take it, its
+    native host left idle — on floor-bound layers a rank's compute is its count of active experts,
+    and moving one from the busiest rank to the idlest is what lowers the maximum."""
+    topo, p = prob.topology, prob.params
+    g = topo.num_ranks
+    n_e = prob.loads[lay].sum(axis=0)
+    hosts = _hosts(prob, reps)
+    count = hosts.sum(axis=0)
+    share = np.where(count > 0, n_e / np.maximum(count, 1), 0.0)
+    cost = np.where(n_e > 0, np.maximum(p.alpha_us * share, p.beta_us), 0.0)
+    est = (hosts * cost[None, :]).sum(axis=1)
+    free = topo.slots - np.bincount(_copies(reps)[:, 2], minlength=g)
+    out = []
+    for u in np.argsort(-est, kind="stable")[:2]:
+        own = np.flatnonzero(topo.native[u] & hosts[u] & (count == 1) & (n_e > 0))
+        for e in own[np.argsort(-share[own], kind="stable")][:_HOT]:
+            dests = [r for r in np.argsort(est, kind="stable") if r != u and free[r] > 0 and not hosts[r, e] and not topo.native[r, e]]
+            out += [[(int(e), int(u), int(r)), (int(e), -1, int(u))] for r in dests[:_DESTS]]
+    return out
 
 
 def _chains(prob: Problem, lay: int, reps: list[tuple[int, int, int]], stop: float) -> list[list[tuple[int, int, int]]]:
@@ -124,8 +151,40 @@ def _decode_s(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> floa
 
 
 def _objective(prob: Problem, lay: int, reps: list[tuple[int, int, int]], end: float):
+    """``((makespan, spread), solution)`` of a state, ``((inf, inf), None)`` when its LP does not fit:
+    compared lexicographically, so a move that only evens out ranks tied at the maximum counts (on
+    floor-bound layers one relocation lowers one of several equally busy ranks)."""
     sol = split_solution(prob, lay, _hosts(prob, reps), end)
-    return (math.inf, None) if sol is None else (sol.objective_us, sol)
+    return ((math.inf, math.inf), None) if sol is None else ((sol.effective_us, sol.spread), sol)
+
+
+def _scored(prob: Problem, lay: int, mv: list[tuple[int, int, int]], stop: float):
+    """``(state, score, solution)`` of ``mv``, or of ``mv`` without the copies its split gave less
+    than the roofline floor (``α·p < β``) if that scores better: the token LP makes every host pay
+    ``β``, so on floor-bound layers it spreads tokens over copies that are not worth keeping."""
+    f, sol = _objective(prob, lay, mv, stop)
+    if sol is None:
+        return mv, f, sol
+    hv, x = sol.hv, sol.x
+    work = sum(np.where(hv[:, k] >= 0, x[np.maximum(hv[:, k], 0)], 0.0) for k in (2, 3, 4))  # alpha * tokens
+    small = {(int(e), int(r)) for e, r in hv[work < prob.params.beta_us, :2]}
+    fewer = [c for c in mv if not (c[1] >= 0 and (c[0], c[2]) in small)]
+    if len(fewer) == len(mv) or time.perf_counter() >= stop:
+        return mv, f, sol
+    f2, sol2 = _objective(prob, lay, fewer, stop)
+    return (fewer, f2, sol2) if sol2 is not None and _better(f2, f) else (mv, f, sol)
+
+
+def _better(f: tuple[float, float], best: tuple[float, float]) -> bool:
+    return f[0] < best[0] * (1 - _EPS) or (f[0] <= best[0] * (1 + _EPS) and f[1] < best[1] * (1 - 1e-6))
+
+
+def _hot(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[int]:
+    """The :data:`_HOT` experts with the most tokens per host, hottest first."""
+    n_e = prob.loads[lay].sum(axis=0)
+    count = _hosts(prob, reps).sum(axis=0)
+    per_host = np.where(count > 0, n_e / np.maximum(count, 1), 0.0)
+    return [int(e) for e in np.argsort(-per_host, kind="stable")[:_HOT] if per_host[e] > 0]
 
 
 def _adds(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
@@ -156,15 +215,18 @@ def _adds(prob: Problem, lay: int, reps: list[tuple[int, int, int]]) -> list[lis
     return out
 
 
-def _neighbours(reps: list[tuple[int, int, int]], adds: list[list[tuple[int, int, int]]], idles: list[tuple[int, int, int]],
-                chains: list[list[tuple[int, int, int]]]):
+def _neighbours(prob: Problem, lay: int, reps: list[tuple[int, int, int]], stop: float):
     """Moves as (new copies, how many of the last ones may be shed to fit the windows): a relocation
-    chain (:func:`_chains`, shed from its end); a hot expert onto every rank that can take it, and
-    onto half of them (traffic falls on every rank at once, the only way to lower a maximum many
-    ranks share); one copy; a native host left idle; a drop (of a copy, or of
-    an idle mark); a swap on one rank."""
-    for ch in chains:
+    chain (:func:`_chains`, shed from its end); a single relocation (:func:`_relocations`); a hot
+    expert onto every rank that can take it, and onto half of them (traffic falls on every rank at
+    once, the only way to lower a maximum many ranks share); one copy; a native host left idle; a
+    drop (of a copy, or of an idle mark); a copy swapped for one of a hot expert on the same rank. Each kind is generated only when the
+    search reaches it (generating one costs a pass over the layer in Python)."""
+    for ch in _chains(prob, lay, reps, stop):
         yield reps + ch, len(ch) - 2
+    for mv in _relocations(prob, lay, reps):
+        yield reps + mv, 0
+    adds = _adds(prob, lay, reps)
     for row in adds:
         if len(row) > 1:
             yield reps + row, len(row) - 1
@@ -173,17 +235,22 @@ def _neighbours(reps: list[tuple[int, int, int]], adds: list[list[tuple[int, int
     for row in adds:
         for c in row[:_DESTS]:
             yield reps + [c], 0
-    for c in idles:
+    for c in _idles(prob, lay, reps):
         yield reps + [c], 0
     for i in range(len(reps)):
         yield reps[:i] + reps[i + 1:], 0
-    for i, old in enumerate(reps):
+    hot = _hot(prob, lay, reps)
+    node, native = prob.topology.node_of, prob.topology.native
+    for i, old in enumerate(reps):  # the old copy's slot is the one taken, so full ranks swap too
         if old[1] < 0:
             continue
-        for row in adds:
-            for c in row[:_DESTS]:
-                if c[2] == old[2] and c[0] != old[0]:
-                    yield reps[:i] + reps[i + 1:] + [c], 0
+        r = old[2]
+        for e in hot:
+            if e == old[0] or native[r, e] or any(c[0] == e and c[2] == r for c in reps if c[1] >= 0):
+                continue
+            natives = np.flatnonzero(native[:, e])
+            same = natives[node[natives] == node[r]]
+            yield reps[:i] + reps[i + 1:] + [(e, int(same[0] if same.size else natives[0]), r)], 0
 
 
 def _fitting(prob: Problem, mv: list, shed: int) -> np.ndarray | None:
@@ -275,7 +342,7 @@ def search_split_placement(prob: Problem, lay: int, start: LayerPlan, end: float
     exact token split of ``start``'s own placement."""
     reps = [tuple(int(v) for v in r) for r in start.replicas]
     stop = end - _decode_s(prob, lay, reps)  # keep time to decode the result
-    best, sol = _objective(prob, lay, reps, stop)
+    reps, best, sol = _scored(prob, lay, reps, stop)
     if sol is None:
         return start
     moved = False
@@ -288,24 +355,23 @@ def search_split_placement(prob: Problem, lay: int, start: LayerPlan, end: float
         full = _filled(prob, lay, base, stop)
         if len(full) > len(base):
             f, s = _objective(prob, lay, full, stop)
-            if f < best * (1 - _EPS) and remaining(end) > _decode_s(prob, lay, full):
+            if _better(f, best) and remaining(end) > _decode_s(prob, lay, full):
                 reps, best, sol, moved = full, f, s, True
                 stop = end - _decode_s(prob, lay, reps)
     while time.perf_counter() < stop:
-        adds = _adds(prob, lay, reps)
         found = None
         single = []
-        for mv, shed in _neighbours(reps, adds, _idles(prob, lay, reps), _chains(prob, lay, reps, stop)):
+        for mv, shed in _neighbours(prob, lay, reps, stop):
             if time.perf_counter() >= stop:
                 break
             arr = _fitting(prob, mv, shed)
             if arr is None:
                 continue
             mv = [tuple(int(v) for v in c) for c in arr]
-            f, s = _objective(prob, lay, mv, stop)
+            mv, f, s = _scored(prob, lay, mv, stop)
             if len(mv) == len(reps) + 1 and s is not None:
                 single.append((f, mv[-1]))
-            if f < best * (1 - _EPS) and remaining(end) > _decode_s(prob, lay, mv):
+            if _better(f, best) and remaining(end) > _decode_s(prob, lay, mv):
                 found, best, sol = mv, f, s
                 break
         if found is None:  # stuck: pairs of the best single adds
@@ -317,14 +383,14 @@ def search_split_placement(prob: Problem, lay: int, start: LayerPlan, end: float
                 if a[0] == b[0] and a[2] == b[2] or not placement_fits(prob, _copies(mv)):
                     continue
                 f, s = _objective(prob, lay, mv, stop)
-                if f < best * (1 - _EPS) and remaining(end) > _decode_s(prob, lay, mv):
+                if _better(f, best) and remaining(end) > _decode_s(prob, lay, mv):
                     found, best, sol = mv, f, s
                     break
         if found is None:
             break
         reps, moved = found, True
         stop = end - _decode_s(prob, lay, reps)
-    if not moved and best >= start.makespan_us * (1 - _EPS):  # not even the exact split of the start pays
+    if not moved and best[0] >= start.makespan_us * (1 - _EPS):  # not even the exact split of the start pays
         return start
     arr = _copies(reps)
     t0 = time.perf_counter()
