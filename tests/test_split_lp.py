@@ -166,3 +166,46 @@ def test_relocation_chain_reaches_the_milp_optimum_on_a_floor_bound_layer():
     assert plan.makespan_us == pytest.approx(exact.makespan_us, rel=1e-6)
     idle = plan.layer(0)
     assert plan.num_replicas == 3 and idle.replicas.shape[0] == 3
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 4), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2**32 - 1), st.sampled_from([1e-6, 1.0, 1e4]))
+def test_multinode_given_placements_decode_to_valid_plans(nodes, rpn, epr, seed, scale):
+    """Several hosts per expert across nodes, fractional loads at any scale: a tight Hall row (inter
+    supply and demand a solver's last digits apart) once left a sender without routes."""
+    rng = np.random.default_rng(seed)
+    topo = make_topology(nodes, rpn, epr, slots=3, hidden=256, ffn=512)
+    g, e = topo.num_ranks, topo.num_experts
+    loads = np.floor(rng.zipf(1.5, size=(g, e)) * (rng.random((g, e)) < 0.7) * rng.integers(1, 50)).astype(float)
+    loads *= rng.uniform(0.1, 1.0, size=loads.shape) * scale
+    native = topo.native.copy()
+    for _ in range(int(rng.integers(0, 3 * g + 1))):
+        native[rng.integers(g), rng.integers(e)] = True
+    given = make_topology(nodes, rpn, epr, slots=0, placement=native, hidden=256, ffn=512)
+    for solver in ("lp-tokens", "auto"):
+        solve(loads, given, Budget(window_us=0.0, time_limit_s=2.0), solver=solver)  # validates: raises if invalid
+
+
+def test_seed_51_tight_hall_row_case():
+    """The reviewer's case (3 nodes, 36 experts, up to 3 hosts each) that lost expert 31's tokens."""
+    rng = np.random.default_rng(51)
+    nodes, rpn, epr = int(rng.integers(2, 5)), int(rng.integers(1, 5)), int(rng.integers(1, 4))
+    hidden, ffn = int(rng.choice([256, 1024, 8192])), int(rng.choice([128, 512, 4096]))
+    topo = make_topology(nodes, rpn, epr, slots=3, hidden=hidden, ffn=ffn)
+    g, e = topo.num_ranks, topo.num_experts
+    loads = np.floor(rng.zipf(1.5, size=(g, e)) * (rng.random((g, e)) < 0.7) * rng.integers(1, 50)).astype(float)
+    if rng.random() < 0.5:
+        loads = loads * rng.uniform(0.1, 1, size=loads.shape)
+    loads = np.minimum(loads * float(rng.choice([1e-6, 1, 1e4])), 1e12)
+    native, used, reps = topo.native.copy(), np.zeros(g, int), []
+    for _ in range(int(rng.integers(0, 3 * g + 1))):
+        ex, r = int(rng.integers(e)), int(rng.integers(g))
+        if topo.native[r, ex] or used[r] >= 3 or (ex, r) in reps:
+            continue
+        reps.append((ex, r))
+        used[r] += 1
+        native[r, ex] = True
+    given = make_topology(nodes, rpn, epr, slots=0, placement=native, hidden=hidden, ffn=ffn)
+    assert nodes == 3 and native.sum(axis=0).max() == 3
+    for solver in ("lp-tokens", "lp-round"):
+        solve(loads, given, Budget(window_us=0.0, time_limit_s=2.0), solver=solver)
