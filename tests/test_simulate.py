@@ -137,7 +137,11 @@ def test_probe_bench_simulate_runs_every_scenario(trace_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     for scenario in ("prefill", "decode", "shift", "top1"):
         assert f"| {scenario} | static |" in printed and f"| {scenario} | greedy-lookahead90 |" in printed
+        assert f"| {scenario} | eplb-sglang |" in printed and f"| {scenario} | place-greedy-lookahead90 |" in printed
+    assert "imbalance per step around the workload shift" in printed
     assert (tmp_path / "simulate.csv").stat().st_size > 0 and (tmp_path / "simulate.png").stat().st_size > 0
+    header = (tmp_path / "simulate.csv").read_text().splitlines()[0].split(",")
+    assert {"stall_us", "copies_per_rank", "moves", "late_plans"} <= set(header)
 
 
 def test_probe_bench_simulate_refuses_bad_arguments(tmp_path, capsys):
@@ -145,6 +149,29 @@ def test_probe_bench_simulate_refuses_bad_arguments(tmp_path, capsys):
 
     assert main(["simulate", "--steps", "1", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("probe-bench simulate: error:")
+
+
+@pytest.mark.traces
+def test_probe_bench_simulate_refuses_an_unknown_policy_name(trace_dir, tmp_path, capsys):
+    from probe_planner.harness.cli import main
+
+    args = ["simulate", "--scenarios", "top1", "--steps", "2", "--policies", "static", "nope", "--trace-dir", str(trace_dir)]
+    assert main(args + ["--out", str(tmp_path), "--no-plots"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_the_engines_defaults_scale_by_one_factor():
+    from probe_planner.harness.simulate_cli import policies
+
+    by = {p.name: p for p in policies(16, 0.9, 1.5, None, stall="amortized")}
+    # vLLM's 3000-step interval -> 8 steps (half the run): f = 8 / 3000; its 1000-step window -> 3 steps
+    assert (by["eplb-periodic"].interval, by["eplb-periodic"].history) == (8, 3)
+    # SGLang re-balances every 1000 iterations from a buffer of as many -> every 3 steps from 3
+    assert (by["eplb-sglang"].interval, by["eplb-sglang"].history) == (3, 3)
+    place = by["place-greedy-lookahead90"]
+    assert (place.kind, place.interval, place.history, place.reserve) == ("place", 8, 3, 1)
+    assert by["eplb-sglang"].stall_scale == pytest.approx(8 / 3000) == place.stall_scale
+    assert all(p.stall_scale == 1.0 for p in policies(16, 0.9, 1.5, None))  # --stall full
 
 
 def test_online_re_places_one_layer_a_step_and_exposes_the_moves_beyond_the_window():
@@ -172,3 +199,76 @@ def test_recorded_predictions_are_what_the_plans_are_made_for():
     assert none["rec"] == none["static"]  # NaN: no prediction, the static plan
     with pytest.raises(SolverError):
         simulate(x, topo, 1e9, pols)
+
+
+def _place(name: str = "place", **kw) -> Policy:
+    return Policy(name, "place", interval=2, history=2, place_time_s=0.05, **kw)
+
+
+def test_place_charges_its_re_placement_moves_as_the_eplb_stall():
+    from probe_planner.place import Placement
+
+    # 2 ranks x 1 expert, 2 spare slots, reserve 1: the placement must hold both experts on both ranks
+    topo = make_topology(1, 2, 1, slots=2)
+    kappa = CostParams.from_topology(topo).copy_intra_us
+    x = _hot(5, 1, E=2)
+    recs = simulate(x, topo, 1e9, [_place(), _place("half", stall_scale=0.5)])
+    by = {(r.policy, r.step): r for r in recs}
+    assert by[("place", 1)].stall_us == 0.0 and by[("place", 1)].hosts is None  # nothing before the interval
+    first = by[("place", 2)]
+    assert first.hosts is not None and first.hosts.all()
+    # two copies (expert 1 to rank 0, expert 0 to rank 1), in parallel on NVLink: one copy's time
+    assert first.moves == 2 and first.stall_us == pytest.approx(kappa)
+    assert by[("half", 2)].stall_us == pytest.approx(kappa / 2)
+    assert by[("place", 4)].stall_us == 0.0 and by[("place", 4)].moves == 0  # nothing left to move
+    # the per-batch plans on top run on the placement's topology: every expert local, nothing to copy
+    assert by[("place", 3)].copies_per_rank == 0
+    assert Placement(hosts=first.hosts, reserve=1).topology(topo, 0).slots == 1
+
+
+def test_place_holds_equal_slots_per_rank_and_every_expert_once_per_rank():
+    from probe_planner.engine_maps import from_phy2log
+    from probe_planner.place import hosts_to_phy2log
+
+    topo = make_topology(2, 2, 2, slots=2)  # 4 ranks on 2 nodes, 8 experts, 2 + 2 slots per rank, 1 reserved
+    x = _hot(3, 2, G=4, E=8, seed=5)
+    x[..., 5] += 3000.0
+    rec = next(r for r in simulate(x, topo, 1e9, [_place()]) if r.step == 2)
+    assert rec.hosts.shape == (2, 4, 8) and (rec.hosts.sum(axis=2) == 3).all()  # E/G + slots - reserve each
+    assert rec.hosts.any(axis=1).all()  # every expert somewhere
+    m = from_phy2log(hosts_to_phy2log(rec.hosts), 4, 8)  # the engines' validation: no duplicate on a rank
+    assert m.slots_per_rank == 3 and rec.moves > 0
+
+
+def test_place_per_batch_copies_use_only_the_reserved_slots():
+    topo = make_topology(1, 2, 4, slots=3)
+    x = _hot(4, 2, E=8, seed=1)
+    x[..., 1:4] += 3000.0  # rank 0's four experts are all hot: a plain per-batch plan copies three
+    recs = simulate(x, topo, 1e9, [_place(reserve=1), Policy("per-batch", "per-batch")])
+    place_recs = [r for r in recs if r.policy == "place"]
+    assert max(r.copies_per_rank for r in place_recs) == 1 and place_recs[0].copies_per_rank == 1
+    assert max(r.copies_per_rank for r in recs if r.policy == "per-batch") >= 2  # the base topology's slots allow more
+
+
+def test_a_bad_place_option_is_refused_naming_it():
+    topo = make_topology(1, 2, 2, slots=1)
+    for field, value in (("reserve", -1), ("reserve", 1.5), ("place_time_s", 0.0), ("stall_scale", 2.0)):
+        with pytest.raises(SolverError, match=field):
+            Policy("p", "place", **{field: value})
+    with pytest.raises(SolverError, match="reserve"):  # more than the topology's spare slots
+        simulate(_hot(2), topo, 0.0, [Policy("p", "place", reserve=2)])
+
+
+def test_a_late_plan_is_waited_for_or_skipped_and_the_layer_runs_unplanned():
+    topo = make_topology(1, 2, 2, slots=1, hidden=4096, ffn=1536)
+    x = _hot(1, 2)
+    pols = [Policy("static"), Policy("wait", "per-batch"), Policy("skip", "per-batch", late="skip")]
+    by = {r.policy: r for r in simulate(x, topo, 1e-3, pols)}  # every solve takes more than 1 ns: every plan is late
+    assert by["wait"].late_plans == 2 and by["wait"].exposed_plan_us > 0.0
+    assert by["skip"].late_plans == 2 and by["skip"].exposed_plan_us == 0.0 and by["skip"].exposed_copy_us == 0.0
+    assert by["skip"].moe_us == by["static"].moe_us and by["skip"].plan_us > 0.0
+    # the planner still finishes a dropped plan: the next one starts behind (its backlog at the step's end)
+    # (two layers, each hiding in 1 ns: the backlog is both solves' time less 2 ns)
+    assert by["skip"].planner_lag_us == pytest.approx(by["skip"].plan_us - 2e-3) and by["wait"].planner_lag_us == 0.0
+    with pytest.raises(SolverError, match="late"):
+        Policy("x", "per-batch", late="never")

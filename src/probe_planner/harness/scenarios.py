@@ -6,7 +6,8 @@ plus the model and cluster they run on.
   prefill batch holds thousands: the same routing, a bigger batch) (TTFT proxy: the step time);
 - ``decode``: the Qwen1.5-MoE-A2.7B GSM8K decode steps, ``mix`` consecutive steps' tokens merged
   into one batch (the trace's steps hold 11–25 tokens; a serving batch mixes more sequences);
-  throughput in tokens per second;
+  throughput in tokens per second; 4 ranks (they divide the 60 experts; 16 do not), on a multi-node
+  card 2 per node so that dispatch and copies cross its network;
 - ``shift``: OLMoE-1B-7B tokens drawn from one domain's per-layer expert distribution, then from
   another's from the middle of the run (PROBE's workload-shift test); its 3 recorded layers;
 - ``top1``: the Qwen1.5-MoE top-1 iterations (6 ranks; very skewed, a stress case).
@@ -50,8 +51,12 @@ def build(name: str, cluster: str = "h100x8", steps: int = 8, trace_dir=None, se
         return SimScenario(name, loads, topo, "latency",
                            f"Qwen3-30B-A3B prefill, {2050 // steps} tokens per window x{prefill_scale} per step")
     if name == "decode":
-        ranks = 4 if load_cluster_card(cluster)["num_ranks"] >= 4 else None  # 60 experts: 4 ranks divide them
-        topo = _topology("qwen1.5-moe-a2.7b", cluster, ranks)
+        card = load_cluster_card(cluster)
+        ranks = 4 if card["num_ranks"] >= 4 else None  # 60 experts: 4 ranks divide them
+        if ranks and card["num_ranks"] > card["ranks_per_node"]:  # a multi-node card: the 4 ranks on 2 nodes, over its network
+            topo = Topology.from_cards("qwen1.5-moe-a2.7b", cluster, ranks=ranks, ranks_per_node=2)
+        else:
+            topo = _topology("qwen1.5-moe-a2.7b", cluster, ranks)
         raw = qwen15_decode_steps(topo.num_ranks, trace_dir)
         n = min(steps, raw.shape[0] // mix)
         if n < 2:

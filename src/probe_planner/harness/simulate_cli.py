@@ -5,11 +5,26 @@
 
 Prints per scenario × policy the mean and p99 layer time, the step latency (prefill) or the
 throughput (decode-like), speedups over static EP and over EPLB periodic, imbalance, exposed copy
-and planning time, stalls and dropped tokens; writes ``simulate.csv`` and ``simulate.png``.
-EPLB's re-placement interval and history are scaled to the run (the traces hold 4–127 steps, far
-fewer than vLLM's 3000-step interval): it re-places every ``--eplb-interval`` steps (default: half
-the run) from that many past steps, and stalls for the moves when it does; an interval as long as
-the run never re-places, and the table says so.
+and planning time, stalls and dropped tokens; writes ``simulate.csv`` and ``simulate.png``; for a
+scenario with a workload shift, the imbalance per step around it.
+
+EPLB's re-placement intervals and windows are the engines' defaults scaled to the run (the traces
+hold 4–127 steps, far fewer than the engines' intervals) by one factor: vLLM's 3000-step interval
+becomes ``--eplb-interval`` steps (default: half the run), so that ``f = interval / 3000``, and
+every default scales by ``f`` (at least one step):
+
+- ``eplb-periodic`` (vLLM: ``step_interval`` 3000, ``window_size`` 1000): every ``3000 f`` steps from
+  the last ``1000 f``;
+- ``eplb-sglang`` (SGLang: ``--eplb-rebalance-num-iterations`` 1000, its recorder's buffer defaulting
+  to the same 1000): every ``1000 f`` steps from the last ``1000 f``;
+- ``place-greedy-lookahead…`` re-places on vLLM's scaled interval and window too, ``--place-reserve``
+  slots per rank left to the per-batch plans on top.
+
+Each re-placement stalls for its moves (``--stall full``, the synchronous upper bound), or for ``f``
+of them (``--stall amortized``: the stall per step an engine pays at its real interval, spread over
+the scaled one). An interval as long as the run never re-places, and the output says so.
+``--late skip`` drops a per-batch plan not ready when its layer starts (the layer runs unplanned)
+instead of waiting for it (``--late wait``, what ``probe-run`` does).
 """
 
 from __future__ import annotations
@@ -25,19 +40,37 @@ from ..errors import PlannerError
 from ..simulate import Policy, StepRecord, simulate
 from .scenarios import SCENARIOS, build
 
+VLLM_INTERVAL, VLLM_WINDOW = 3000, 1000  # vLLM's EPLBConfig step_interval, window_size
+SGLANG_INTERVAL = 1000  # SGLang's --eplb-rebalance-num-iterations; its recorder buffer defaults to it
 
-def policies(steps: int, recall: float, gamma: float, interval: int | None) -> list[Policy]:
+
+def scaled(steps: int, interval: int | None) -> tuple[int, float]:
+    """vLLM's interval scaled to the run (``interval``, default half the run) and the factor ``f``."""
     every = interval or max(1, steps // 2)
+    return every, every / VLLM_INTERVAL
+
+
+def policies(steps: int, recall: float, gamma: float, interval: int | None, stall: str = "full",
+             reserve: int = 1, place_time_s: float = 1.0, late: str = "wait") -> list[Policy]:
+    """The default policy set (see the module doc for the scaled EPLB / place intervals)."""
+    every, f = scaled(steps, interval)
+    window = max(1, round(VLLM_WINDOW * f))
+    sg = max(1, round(SGLANG_INTERVAL * f))
+    cut = min(f, 1.0) if stall == "amortized" else 1.0
+    pct = int(round(100 * recall))
     return [Policy("static"),
-            Policy("eplb-periodic", "eplb", interval=every, history=every),
-            Policy("lplb", "eplb", interval=every, history=every, dispatch="lplb"),
+            Policy("eplb-periodic", "eplb", interval=every, history=window, stall_scale=cut),
+            Policy("eplb-sglang", "eplb", interval=sg, history=sg, stall_scale=cut),
+            Policy("lplb", "eplb", interval=every, history=window, dispatch="lplb", stall_scale=cut),
             Policy("online", "online", history=every),
             Policy("drop", "capacity", mode="drop", gamma=gamma),
             Policy("reroute", "capacity", mode="reroute", gamma=gamma),
-            Policy("greedy-history", "per-batch", prediction="history"),
-            Policy(f"greedy-lookahead{int(round(100 * recall))}", "per-batch", prediction="lookahead", recall=recall),
-            Policy(f"auto-lookahead{int(round(100 * recall))}", "per-batch", solver="auto", prediction="lookahead", recall=recall),
-            Policy("greedy-oracle", "per-batch", prediction="oracle")]
+            Policy("greedy-history", "per-batch", prediction="history", late=late),
+            Policy(f"greedy-lookahead{pct}", "per-batch", prediction="lookahead", recall=recall, late=late),
+            Policy(f"auto-lookahead{pct}", "per-batch", solver="auto", prediction="lookahead", recall=recall, late=late),
+            Policy("greedy-oracle", "per-batch", prediction="oracle", late=late),
+            Policy(f"place-greedy-lookahead{pct}", "place", prediction="lookahead", recall=recall, interval=every, history=window,
+                   reserve=reserve, place_time_s=place_time_s, stall_scale=cut, late=late)]
 
 
 def summarize(name: str, report: str, recs: list[StepRecord], top_k: int) -> list[dict]:
@@ -49,6 +82,7 @@ def summarize(name: str, report: str, recs: list[StepRecord], top_k: int) -> lis
 
     base = rate(by["static"]) if "static" in by else None
     eplb = rate(by["eplb-periodic"]) if "eplb-periodic" in by else None
+    sglang = rate(by["eplb-sglang"]) if "eplb-sglang" in by else None
     for p, rs in by.items():
         layers = np.concatenate([r.layer_us for r in rs])
         tput = rate(rs)
@@ -56,6 +90,7 @@ def summarize(name: str, report: str, recs: list[StepRecord], top_k: int) -> lis
                     "layer_us_p99": float(np.percentile(layers, 99)),
                     "step_ms": float(np.mean([r.total_us for r in rs]) / 1e3), "tokens_per_s": tput,
                     "vs_static": tput / base if base else float("nan"), "vs_eplb": tput / eplb if eplb else float("nan"),
+                    "vs_sglang": tput / sglang if sglang else float("nan"),
                     "imbalance": float(np.mean([r.imbalance for r in rs])),
                     "exposed_copy_us": float(np.mean([r.exposed_copy_us for r in rs])),
                     "exposed_plan_us": float(np.mean([r.exposed_plan_us for r in rs])),
@@ -65,12 +100,23 @@ def summarize(name: str, report: str, recs: list[StepRecord], top_k: int) -> lis
 
 
 def table(summary: list[dict]) -> str:
-    lines = ["| scenario | policy | layer µs mean / p99 | step ms | tokens/s | × static | × EPLB periodic | imbalance "
-             "| exposed copy / plan µs per step | stall µs per step | dropped |", "|" + "|".join("---" for _ in range(11)) + "|"]
+    lines = ["| scenario | policy | layer µs mean / p99 | step ms | tokens/s | × static | × EPLB periodic (vLLM) | × EPLB SGLang "
+             "| imbalance | exposed copy / plan µs per step | stall µs per step | dropped |", "|" + "|".join("---" for _ in range(12)) + "|"]
     for s in summary:
         lines.append(f"| {s['scenario']} | {s['policy']} | {s['layer_us_mean']:.1f} / {s['layer_us_p99']:.1f} | {s['step_ms']:.3f} | "
-                     f"{s['tokens_per_s']:.3g} | {s['vs_static']:.3f} | {s['vs_eplb']:.3f} | {s['imbalance']:.3f} | "
+                     f"{s['tokens_per_s']:.3g} | {s['vs_static']:.3f} | {s['vs_eplb']:.3f} | {s['vs_sglang']:.3f} | {s['imbalance']:.3f} | "
                      f"{s['exposed_copy_us']:.1f} / {s['exposed_plan_us']:.1f} | {s['stall_us']:.1f} | {100 * s['dropped']:.1f}% |")
+    return "\n".join(lines)
+
+
+def shift_table(recs: list[StepRecord], shift: int, before: int = 2, after: int = 10) -> str:
+    """Markdown: each policy's imbalance per step from ``before`` steps before the shift to ``after`` after it."""
+    steps = sorted({r.step for r in recs if shift - before <= r.step < shift + after})
+    lines = ["| policy | " + " | ".join(f"step {s}" + (" (shift)" if s == shift else "") for s in steps) + " |",
+             "|" + "|".join("---" for _ in range(len(steps) + 1)) + "|"]
+    for p in dict.fromkeys(r.policy for r in recs):
+        by = {r.step: r.imbalance for r in recs if r.policy == p}
+        lines.append(f"| {p} | " + " | ".join(f"{by[s]:.3f}" for s in steps) + " |")
     return "\n".join(lines)
 
 
@@ -115,7 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gamma", type=float, default=1.5)
     ap.add_argument("--prefill-tokens", type=int, default=8192,
                     help="prefill: tokens per step (each trace window's counts scaled up to about this: the same routing, a serving-size batch)")
-    ap.add_argument("--eplb-interval", type=int, default=None)
+    ap.add_argument("--eplb-interval", type=int, default=None,
+                    help="vLLM's 3000-step interval scaled to this many steps (default: half the run); every engine default scales alike")
+    ap.add_argument("--stall", choices=("full", "amortized"), default="full",
+                    help="charge each re-placement's whole stall, or the share f = interval / 3000 of it (the engine's real interval)")
+    ap.add_argument("--place-reserve", type=int, default=1, help="place: slots per rank left free for the per-batch plans")
+    ap.add_argument("--place-time-s", type=float, default=1.0, help="place: each re-placement's search time limit")
+    ap.add_argument("--late", choices=("wait", "skip"), default="wait",
+                    help="per-batch plans later than their window: wait for them (the runtime), or run the layer unplanned")
+    ap.add_argument("--policies", nargs="+", default=None, metavar="NAME", help="run only these of the default policies")
     ap.add_argument("--trace-dir", default=None)
     ap.add_argument("--recorded", default=None, metavar="FILE.npz",
                     help="also replay a probe-run --record file: its real loads, planned for its --recorded-policy predictions")
@@ -134,7 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.scenarios:
             scale = max(1, round(args.prefill_tokens / (2050 // steps)))
             sc = build(name, args.cluster, steps, args.trace_dir, prefill_scale=scale)
-            pols = policies(sc.loads.shape[0], args.recall, args.gamma, args.eplb_interval)
+            pols = policies(sc.loads.shape[0], args.recall, args.gamma, args.eplb_interval, args.stall, args.place_reserve,
+                            args.place_time_s, args.late)
+            if args.policies is not None:
+                unknown = sorted(set(args.policies) - {p.name for p in pols})
+                if unknown:
+                    raise PlannerError(f"--policies: unknown {unknown}; the default set is {[p.name for p in pols]}")
+                pols = [p for p in pols if p.name in args.policies]
             recs = simulate(sc.loads, sc.topology, args.window_us, pols, budget_s=args.budget_s)
             if (args.eplb_interval or max(1, sc.loads.shape[0] // 2)) >= sc.loads.shape[0]:
                 print(f"note: {name}: EPLB never re-places in {sc.loads.shape[0]} steps (it equals static)")
@@ -154,14 +214,20 @@ def main(argv: list[str] | None = None) -> int:
             results["recorded"] = (sc, recs)
             summary += summarize("recorded", sc.report, recs, topo.model.top_k)
         print(table(summary))
+        for name, (sc, recs) in results.items():
+            if sc.shift_step is not None:
+                print(f"\n{name}: imbalance per step around the workload shift (step {sc.shift_step})")
+                print(shift_table(recs, sc.shift_step))
         with open(out / "simulate.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["scenario", "policy", "step", "moe_us", "non_moe_us", "exposed_copy_us", "exposed_plan_us", "stall_us",
-                        "total_us", "imbalance", "dropped", "rerouted", "tokens"])
+                        "total_us", "imbalance", "dropped", "rerouted", "tokens", "copies_per_rank", "moves", "replace_s",
+                        "late_plans"])
             for name, (_, recs) in results.items():
                 for r in recs:
                     w.writerow([name, r.policy, r.step, r.moe_us, r.non_moe_us, r.exposed_copy_us, r.exposed_plan_us, r.stall_us,
-                                r.total_us, r.imbalance, r.dropped, r.rerouted, r.tokens])
+                                r.total_us, r.imbalance, r.dropped, r.rerouted, r.tokens, r.copies_per_rank, r.moves, r.replace_s,
+                                r.late_plans])
         written = [out / "simulate.csv"]
         if not args.no_plots:
             plot(results, out / "simulate.png")
