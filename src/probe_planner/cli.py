@@ -171,7 +171,8 @@ def _cmd_place(args: argparse.Namespace) -> int:
             ("place", result.after_us, len(result.copies), result.moved_bytes / 1e9, result.move_time_us / 1e3),
             ("eplb-style", eplb_us, int(mig.copies.sum()), mig.copies.sum() * topo.model.expert_bytes / 1e9, mig.all_layers_us / 1e3)]
     for name, us, n, gb, ms in rows:
-        print(f"{name:<12} {us:27.1f} {result.before_us / us:10.3f}x {n:7d} {gb:9.3f} {ms:8.2f}")
+        ratio = f"{result.before_us / us:10.3f}x" if us > 0 else f"{'—':>11}"  # an all-zero window costs nothing
+        print(f"{name:<12} {us:27.1f} {ratio} {n:7d} {gb:9.3f} {ms:8.2f}")
     print(result.message)
     try:
         save_map(result.to_map(), out, args.format)

@@ -125,7 +125,7 @@ def canonical_loads(loads, topology: Topology, sources: Sources | None = None) -
     plan_check.prepare()
     bad, integral, top = plan_check.scan_loads(arr.reshape(1, 1, -1))  # one compiled read: first bad entry, all whole, max
     if bad >= 0 or not top <= MAX_LOAD_TOTAL / (arr.size // layers):  # else no layer total passes the limit
-        _check_values(arr, layers)
+        check_values(arr, layers)
     if sources == "uniform":
         arr = spread_uniform(arr, g)  # keeps integral counts integral
     if arr.ndim == 2:
@@ -133,8 +133,10 @@ def canonical_loads(loads, topology: Topology, sources: Sources | None = None) -
     return np.ascontiguousarray(arr), bool(integral)
 
 
-def _check_values(arr: np.ndarray, layers: int) -> None:
-    """The slow path of :func:`canonical_loads`' value checks: name the first bad entry or layer."""
+def check_values(arr: np.ndarray, layers: int) -> None:
+    """The load value rule (finite, ``>= 0``, each of the ``layers`` rows of ``arr`` totalling at most
+    :data:`MAX_LOAD_TOTAL`): the slow path of :func:`canonical_loads`' checks, naming the first bad
+    entry or layer; also what other front doors taking loads (``place()``'s window) check."""
     bad = ~np.isfinite(arr)
     if bad.any():
         raise LoadsError(f"loads contain NaN or inf at index {np.argwhere(bad)[0].tolist()}")

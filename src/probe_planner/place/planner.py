@@ -23,7 +23,7 @@ import numpy as np
 from ..baselines.eplb import EplbPlacement, eplb_placement
 from ..cost import CostParams
 from ..errors import LoadsError, PlacementError, PlannerError
-from ..loads import spread_uniform
+from ..loads import check_values, spread_uniform
 from ..topology import Topology
 from ..window import copies_that_fit, copy_times_us
 from .exact import MAX_COLUMNS, exact_layer, model_columns
@@ -34,6 +34,10 @@ from .search import search_layer
 # Search defaults (candidates per step): measured on Zipf windows, bench/place_speed.py.
 N_SCREEN, N_FULL, N_EXP, N_DEST = 4, 4, 2, 3
 EVAL_S_PER_ENTRY = 2e-8  # scoring one batch's [G, E] loads on a placement, per entry, measured (2-core box)
+# exact=True: building the layer's MILP in Python costs ~27 us a column here (0.4 s at 15k columns);
+# HiGHS is not started with less than EXACT_MIN_S left for it
+EXACT_BUILD_S_PER_COLUMN = 3e-5
+EXACT_MIN_S = 0.05
 MAX_IDLE_KICKS, KICK_MOVES = 30, 3  # iterated local search: restarts without gain before stopping, random swaps each
 MAX_TIES = 2  # moves per rank that may only tie the makespan (lowering the spread)
 
@@ -55,12 +59,16 @@ def check_window(window, topo: Topology) -> np.ndarray:
     G, E = topo.num_ranks, topo.num_experts
     if w.ndim not in (3, 4) or w.shape[-1] != E or (w.ndim == 4 and w.shape[2] != G) or 0 in w.shape:
         raise LoadsError(f"window must be [T, L, E={E}] or [T, L, G={G}, E={E}] per-batch loads, got shape {list(w.shape)}")
-    w = w.astype(np.float64)
+    w = np.ascontiguousarray(w, dtype=np.float64)
     if not np.isfinite(w).all():
         raise LoadsError(f"window holds {int((~np.isfinite(w)).sum())} NaN or infinite entries")
     if (w < 0).any():
         at = tuple(int(i) for i in np.argwhere(w < 0)[0])
         raise LoadsError(f"window{list(at)} = {w[at]}: loads must be >= 0")
+    try:  # the one load rule (solve()'s): every batch's layer totals at most MAX_LOAD_TOTAL tokens
+        check_values(w.reshape(w.shape[0] * w.shape[1], -1), w.shape[0] * w.shape[1])
+    except LoadsError as exc:
+        raise LoadsError(f"window (row k = batch k // L, layer k % L, L = {w.shape[1]}): {exc}") from exc
     return w
 
 
@@ -77,7 +85,10 @@ def _current_hosts(current, topo: Topology, L: int) -> np.ndarray:
                                  f"the topology has {G} x {E}")
         h = np.stack([current.hosts(lay) for lay in range(current.phy2log.shape[0])])
     else:
-        h = np.asarray(current)
+        try:
+            h = np.asarray(current)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise PlacementError(f"current placement must be a 0/1 [G, E] or [L, G, E] host matrix: {exc}") from exc
         if h.dtype.kind not in "biu" or not np.isin(h, (0, 1)).all():
             raise PlacementError(f"current placement must be a 0/1 [G, E] or [L, G, E] host matrix, got {h.dtype}")
     h = h.astype(bool)
@@ -302,8 +313,14 @@ def place(window, topology: Topology, slots: int, *, current=None, reserve: int 
         fitted = fit_slots(cur[lay], held, totals[lay], node_of, None if math.isinf(budget_us) else caps_l[lay][:, 2])
         starts = [("current", fitted)] + ([("eplb", eplb.hosts(lay))] if eplb is not None else [])
         bound = -math.inf
-        if exact and model_columns(loads) <= MAX_COLUMNS:  # the MILP's placement, then the descent from it
-            h, bound, _ = exact_layer(loads, topology, held, cur[lay], int(copy_l[lay]), max(share_s / 2, 0.05))
+        cols = model_columns(loads) if exact else 0
+        # the MILP's placement, then the descent from it — only where building it (Python, ~30 us a
+        # column here) and a useful HiGHS run fit what is left of the layer's time
+        build_s = EXACT_BUILD_S_PER_COLUMN * cols
+        # half the layer's share for build + HiGHS (which returns ~15% late), the rest for the descent
+        milp_s = 0.85 * min(share_s / 2 - build_s, deadline - time.perf_counter() - build_s)
+        if exact and cols <= MAX_COLUMNS and milp_s >= EXACT_MIN_S:
+            h, bound, _ = exact_layer(loads, topology, held, cur[lay], int(copy_l[lay]), milp_s)
             if h is not None and (h.sum(axis=1) == held).all() and h.any(axis=0).all():
                 starts.append(("exact", h))
         best = None
@@ -333,7 +350,7 @@ def place(window, topology: Topology, slots: int, *, current=None, reserve: int 
             if ok and end < best[2] * (1 - 1e-9):
                 idle = 0
                 best = (plc, src, end, best[3] if best[3].endswith("+ils") else best[3] + "+ils", best[4] + steps, bound)
-        return best
+        return best + (fitted,)
 
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         results = list(pool.map(one, range(L)))
@@ -348,12 +365,16 @@ def place(window, topology: Topology, slots: int, *, current=None, reserve: int 
         return float(batch_makespans(np.ascontiguousarray(ev[:, lay]), np.ascontiguousarray(h), node_of,
                                      topology.ranks_per_node, params, ev_int).mean())
 
+    # the reference: the current placement, or where a layer of it holds other slot counts (no answer
+    # then: the map must have the slots asked for) the current placement fitted to them, the search's start
+    fits = (cur.sum(axis=2) == held).all(axis=1)
+    ref = np.where(fits[:, None, None], cur, np.stack([r[6] for r in results]))
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        before = np.array(list(pool.map(lambda lay: layer_mean(cur[lay], lay), range(L))))
+        before = np.array(list(pool.map(lambda lay: layer_mean(ref[lay], lay), range(L))))
         after = np.array(list(pool.map(lambda lay: layer_mean(hosts[lay], lay), range(L))))
-    # a layer the search made worse on the evaluation batches keeps its current placement (when that has the slots)
-    worse = (after > before) & (cur.sum(axis=2) == held).all(axis=1)
-    hosts[worse] = cur[worse]
+    # a layer the search made worse on the evaluation batches keeps the reference
+    worse = after > before
+    hosts[worse] = ref[worse]
     after = np.where(worse, before, after)
     copies = []
     for lay, (_, src, *_rest) in enumerate(results):
@@ -364,7 +385,8 @@ def place(window, topology: Topology, slots: int, *, current=None, reserve: int 
             "setup_s": t_setup, "search_s": t_search - t0 - t_setup, "starts_won": [r[3] for r in results],
             "steps": [int(r[4]) for r in results], "search_batches": search_idx.tolist(), "scored_batches": len(score_idx)}
     gain = 1.0 - after.sum() / before.sum() if before.sum() > 0 else 0.0
-    if gain < min_gain:
+    # "kept" only when the current placement already has the slots asked for: else it is no answer
+    if gain < min_gain and fits.all():
         return Placement(hosts=cur, reserve=reserve, before_us=float(before.sum()), after_us=float(before.sum()),
                          layer_before_us=before, layer_after_us=before.copy(), status="kept",
                          message=f"re-placing would gain {gain:.2%} < min_gain {min_gain:.2%}: the current placement is kept",
