@@ -240,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.cache_fracs = args.cache_fracs or ([0.25, 0.5] if args.quick else [0.125, 0.25, 0.5, 0.75])
-    args.max_group = args.max_group or (1024 if args.quick else 4096)
-    args.passes = args.passes or (4 if args.quick else 8)
+    # None (not given) takes the preset's value; an explicit 0 reaches the checks below
+    args.max_group = (1024 if args.quick else 4096) if args.max_group is None else args.max_group
+    args.passes = (4 if args.quick else 8) if args.passes is None else args.passes
     try:
         if args.passes < 2:
             raise PlannerError("--passes must be >= 2 (the first pass is the cold start)")

@@ -64,8 +64,9 @@ class Timeline:
 
     @property
     def tokens_per_s(self) -> float:
-        """Steady-state throughput: the group's tokens per pass over the mean pass latency."""
-        return self.tokens_per_pass / (self.latency_us * 1e-6)
+        """Steady-state throughput: the group's tokens per pass over the mean pass latency (inf when a
+        pass takes no time: nothing to load or compute)."""
+        return self.tokens_per_pass / (self.latency_us * 1e-6) if self.latency_us > 0 else float("inf")
 
     @property
     def bubble_fraction(self) -> float:
