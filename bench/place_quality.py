@@ -16,7 +16,8 @@ dispatched over the placement's hosts by the static rule):
 - ``static+greedy``: the per-batch greedy on the sharded placement with ``--reserve`` replica slots (what
   ``place`` adds over per-batch planning alone).
 
-Prints the mean next-batch makespan (sum over layers, µs) per method and its ratio to ``eplb``.
+Prints the mean and p99 next-batch makespan (sum over layers, µs) per method, the mean's ratio to
+``eplb``, and the placement's weight copies and bytes moved from the sharded placement.
 Run: ``python bench/place_quality.py [--window-us 300] [--time-limit-s 8]`` (needs ../shared/traces).
 """
 
@@ -46,17 +47,17 @@ def scenarios(trace_dir):
     yield "qwen1.5-decode x127 / 4 x h100", q15d, qwen15_decode_steps(4, trace_dir=trace_dir)
 
 
-def static_us(batches: np.ndarray, hosts: np.ndarray, topo: Topology) -> float:
-    """Mean over batches of the sum over layers of the static dispatch's makespan on ``hosts [L, G, E]``."""
-    return float(sum(expected_makespan_us(batches[:, lay], hosts[lay], topo).mean() for lay in range(batches.shape[1])))
+def static_us(batches: np.ndarray, hosts: np.ndarray, topo: Topology) -> np.ndarray:
+    """Per batch, the sum over layers of the static dispatch's makespan on ``hosts [L, G, E]``."""
+    return sum(expected_makespan_us(batches[:, lay], hosts[lay], topo) for lay in range(batches.shape[1]))
 
 
-def per_batch_us(batches: np.ndarray, pl: Placement, topo: Topology, window_us: float, history: bool) -> float:
-    """Mean over the scored batches of the per-batch greedy plans' makespans (sum over layers)."""
-    total = 0.0
+def per_batch_us(batches: np.ndarray, pl: Placement, topo: Topology, window_us: float, history: bool) -> np.ndarray:
+    """Per scored batch, the sum over layers of the per-batch greedy plans' makespans."""
     T, L = batches.shape[:2]
-    n = 0
+    out = []
     for t in range(1 if history else 0, T):
+        total = 0.0
         for lay in range(L):
             tp = pl.topology(topo, lay)
             budget = Budget(window_us=window_us, time_limit_s=0.05)
@@ -65,8 +66,8 @@ def per_batch_us(batches: np.ndarray, pl: Placement, topo: Topology, window_us: 
                 total += DispatchRule(plan).executed(batches[t, lay][None]).makespan_us
             else:
                 total += solve(batches[t, lay], tp, budget, solver="greedy").makespan_us
-        n += 1
-    return total / n
+        out.append(total)
+    return np.array(out)
 
 
 def main() -> None:
@@ -80,7 +81,7 @@ def main() -> None:
     args = ap.parse_args()
     trace_dir = args.trace_dir or default_trace_dir()
     print(f"plan on the first half of each trace's batches, score on the second half; window {args.window_us:g} us")
-    print(f"{'scenario':<32} {'method':<18} {'next-batch makespan us':>23} {'/ eplb':>7} {'copies':>7} {'plan s':>7}")
+    print(f"{'scenario':<32} {'method':<18} {'mean us':>10} {'p99 us':>10} {'/ eplb':>7} {'copies':>7} {'GB moved':>9} {'plan s':>7}")
     for name, topo, batches in scenarios(trace_dir):
         if args.only and args.only not in name:
             continue
@@ -100,9 +101,11 @@ def main() -> None:
                 ("place+greedy", per_batch_us(score_on, plr, topo, args.window_us, False), len(plr.copies), plr.info["time_s"]),
                 ("place+greedy-hist", per_batch_us(score_on, plr, topo, args.window_us, True), len(plr.copies), plr.info["time_s"]),
                 ("static+greedy", per_batch_us(score_on, Placement(hosts=cur, reserve=args.reserve), topo, args.window_us, False), 0, 0.0)]
-        eplb_us = rows[1][1]
-        for method, us, copies, secs in rows:
-            print(f"{name:<32} {method:<18} {us:23.1f} {us / eplb_us:7.3f} {copies:7d} {secs:7.2f}")
+        eplb_us = float(np.mean(rows[1][1]))
+        for method, per, copies, secs in rows:
+            us = float(np.mean(per))
+            print(f"{name:<32} {method:<18} {us:10.1f} {np.percentile(per, 99):10.1f} {us / eplb_us:7.3f} {copies:7d} "
+                  f"{copies * topo.model.expert_bytes / 1e9:9.3f} {secs:7.2f}")
 
 
 if __name__ == "__main__":

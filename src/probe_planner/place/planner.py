@@ -379,7 +379,12 @@ def place(window, topology: Topology, slots: int, *, current=None, reserve: int 
     copies = []
     for lay, (_, src, *_rest) in enumerate(results):
         dst, e = np.nonzero(hosts[lay] & ~cur[lay])
-        copies.append(np.stack([np.full(dst.size, lay), e, src[e, dst], dst], axis=1))
+        s_of = src[e, dst]
+        for i in np.flatnonzero(s_of < 0):  # a reverted layer's fitted copies: from a current holder, same node first
+            holders = np.flatnonzero(cur[lay, :, e[i]])
+            same = holders[node_of[holders] == node_of[dst[i]]]
+            s_of[i] = same[0] if same.size else holders[0]
+        copies.append(np.stack([np.full(dst.size, lay), e, s_of, dst], axis=1))
     copies = np.concatenate(copies).astype(np.int64) if copies else np.zeros((0, 4), np.int64)
     info = {"bound_us": [float(r[5]) for r in results], "layers_kept": int(worse.sum()),
             "setup_s": t_setup, "search_s": t_search - t0 - t_setup, "starts_won": [r[3] for r in results],
