@@ -37,6 +37,15 @@ TIE_TOL = 1e-9  # relative: a candidate within this of the mean makespan ties it
 FULL_NEIGHBOURHOOD = 20_000
 
 
+@nb.njit(cache=True, inline="always")
+def _swap_ops(ops_e, ops_d, ops_add, h, y, a, c):
+    """The four slot operations of a swap: expert ``h`` moves from rank ``a`` to ``c``, ``y`` from ``c`` to ``a``."""
+    ops_e[0], ops_d[0], ops_add[0] = h, c, True
+    ops_e[1], ops_d[1], ops_add[1] = h, a, False
+    ops_e[2], ops_d[2], ops_add[2] = y, a, True
+    ops_e[3], ops_d[3], ops_add[3] = y, c, False
+
+
 @nb.njit(cache=True, _nrt=False)
 def _key(dmk, dsq, mean, sq):
     """Rank of a candidate changing the mean makespan by ``dmk`` and the sum of squares by ``dsq``: < 0
@@ -246,10 +255,7 @@ def _every_move(plc, rank_exp, slots, nh, cur, node_of, cnt, cap, src_of, used, 
                     y = rank_exp[c, j]
                     if plc[a, y]:
                         continue
-                    ops_e[0], ops_d[0], ops_add[0] = h, c, True
-                    ops_e[1], ops_d[1], ops_add[1] = h, a, False
-                    ops_e[2], ops_d[2], ops_add[2] = y, a, True
-                    ops_e[3], ops_d[3], ops_add[3] = y, c, False
+                    _swap_ops(ops_e, ops_d, ops_add, h, y, a, c)
                     if _copies(ops_e, ops_d, ops_add, 4, cur, node_of, cnt, cap, src_of, used, copy_cap, True):
                         n_cand = _push(n_cand, ops_e, ops_d, ops_add, 4, ce, cd, ca, cn)
     return n_cand
@@ -428,10 +434,7 @@ def search_layer(loads, start, cur, node_of, rpn, p, integral, n_screen, n_full,
                             n_cand = _push(n_cand, ops_e, ops_d, ops_add, 2, ce, cd, ca, cn)
                     y = _victim(c, plc, rank_exp, slots, nh, mproc, h, a, False)
                     if y >= 0:  # swap: h to c, y to a
-                        ops_e[0], ops_d[0], ops_add[0] = h, c, True
-                        ops_e[1], ops_d[1], ops_add[1] = h, a, False
-                        ops_e[2], ops_d[2], ops_add[2] = y, a, True
-                        ops_e[3], ops_d[3], ops_add[3] = y, c, False
+                        _swap_ops(ops_e, ops_d, ops_add, h, y, a, c)
                         if _copies(ops_e, ops_d, ops_add, 4, cur, node_of, cnt, cap, src_of, used, copy_cap, True):
                             n_cand = _push(n_cand, ops_e, ops_d, ops_add, 4, ce, cd, ca, cn)
         # the rank sending the most takes a slot of the expert it sends most

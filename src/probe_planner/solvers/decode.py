@@ -12,7 +12,7 @@ import numba as nb
 import numpy as np
 
 from ..problem import Problem
-from .layers import LayerPlan, explicit_routes, layer_makespan
+from .layers import LayerPlan, explicit_routes, hosts_of, layer_makespan
 from .milp_model import LayerModel
 
 ZERO = 1e-9  # an amount below this fraction of its (source, expert) load or expert total is solver noise
@@ -104,8 +104,7 @@ def warm_start(m: LayerModel, prob: Problem, lay: int, parts: LayerPlan) -> np.n
 
 def model_routes(m: LayerModel, prob: Problem, lay: int, x: np.ndarray, replicas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Integral routes from a model solution, given the replicas kept."""
-    hosts = prob.topology.native.copy()
-    hosts[replicas[:, 2], replicas[:, 0]] = True
+    hosts = hosts_of(prob, replicas)
     if m.flows is None:
         flows, y = node_flows(m, x, prob.loads[lay], hosts, prob.topology.node_of)
     else:

@@ -30,6 +30,13 @@ def layer_makespan(prob: Problem, lay: int, replicas: np.ndarray, routes: np.nda
     return float(m.layer_makespan_us[0])
 
 
+def hosts_of(prob: Problem, replicas: np.ndarray) -> np.ndarray:
+    """``[G, E]`` the native placement plus ``replicas [R, 3]`` (expert, src, dst)."""
+    hosts = prob.topology.native.copy()
+    hosts[replicas[:, 2], replicas[:, 0]] = True
+    return hosts
+
+
 def split_layers(prob: Problem, res: SolverResult) -> list[LayerPlan]:
     """A multi-layer :class:`SolverResult` as per-layer parts (routes as compact as the result's),
     each scored (one cost-model pass for all layers)."""

@@ -24,7 +24,7 @@ from ..plan import LayerPlan
 from ..problem import Problem
 from .decode import ZERO, drop_unused, integral_routes, multinode_flows_from, single_node_flows_from
 from .greedy import prepare as greedy_prepare
-from .layers import layer_makespan, remaining
+from .layers import hosts_of, layer_makespan, remaining
 from .simplex import OPTIMAL, solve_dense
 
 # Measured here (2 cores): one pivot costs 0.2-0.4 ns per tableau entry, and the LPs take 0.9-1.4 pivots
@@ -318,6 +318,7 @@ class SplitSolution:
     qfix: np.ndarray
     effective_us: float  # the same flows' makespan with hosts given nothing paying nothing (<= objective_us)
     spread: float  # sum over ranks of that compute squared: breaks ties between equal makespans
+    work: np.ndarray  # [H] per split host (rows of hv), the tokens it processes times alpha (compute us)
 
 
 def split_solution(prob: Problem, lay: int, hosts: np.ndarray, end: float) -> SplitSolution | None:
@@ -347,7 +348,8 @@ def split_solution(prob: Problem, lay: int, hosts: np.ndarray, end: float) -> Sp
     work = sum(np.where(hv[:, k] >= 0, x[np.maximum(hv[:, k], 0)], 0.0) for k in (2, 3, 4))
     t = np.where(work > ZERO * p.alpha_us * prob.loads[lay].sum(axis=0)[hv[:, 0]], t, 0.0)
     per_rank = comp + np.bincount(hv[:, 1], weights=t, minlength=g)
-    return SplitSolution(obj, x, hv, qv, qfix, 2.0 * float(x[0]) + float(per_rank.max(initial=0.0)), float(per_rank @ per_rank))
+    return SplitSolution(obj, x, hv, qv, qfix, 2.0 * float(x[0]) + float(per_rank.max(initial=0.0)), float(per_rank @ per_rank),
+                         work)
 
 
 def split_flows(prob: Problem, lay: int, sol: SplitSolution) -> tuple[np.ndarray, np.ndarray]:
@@ -385,13 +387,6 @@ def split_plan(prob: Problem, lay: int, replicas: np.ndarray, sol: SplitSolution
     routes, tok = integral_routes(flows, y, prob.loads[lay], prob.integral)
     rep = drop_unused(replicas, routes, prob.loads.shape[1:])
     return LayerPlan(rep, routes, tok, layer_makespan(prob, lay, rep, routes, tok))
-
-
-def hosts_of(prob: Problem, replicas: np.ndarray) -> np.ndarray:
-    """``[G, E]`` the native placement plus ``replicas [R, 3]`` (expert, src, dst)."""
-    hosts = prob.topology.native.copy()
-    hosts[replicas[:, 2], replicas[:, 0]] = True
-    return hosts
 
 
 def exact_split(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> LayerPlan | None:

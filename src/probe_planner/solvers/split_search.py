@@ -27,10 +27,10 @@ import numpy as np
 from ..plan import LayerPlan
 from ..problem import Problem
 from ..window import copies_fit
-from .layers import remaining
+from .layers import hosts_of, remaining
 from .placement_search import placement_fits
-from .split_lp import hosts_of, split_plan, split_solution
 from .split_lp import prepare as split_prepare
+from .split_lp import split_plan, split_solution
 from .token_lp import without_idle_floor
 
 _HOT = 6  # experts tried for a copy per round
@@ -165,9 +165,7 @@ def _scored(prob: Problem, lay: int, mv: list[tuple[int, int, int]], stop: float
     f, sol = _objective(prob, lay, mv, stop)
     if sol is None:
         return mv, f, sol
-    hv, x = sol.hv, sol.x
-    work = sum(np.where(hv[:, k] >= 0, x[np.maximum(hv[:, k], 0)], 0.0) for k in (2, 3, 4))  # alpha * tokens
-    small = {(int(e), int(r)) for e, r in hv[work < prob.params.beta_us, :2]}
+    small = {(int(e), int(r)) for e, r in sol.hv[sol.work < prob.params.beta_us, :2]}
     fewer = [c for c in mv if not (c[1] >= 0 and (c[0], c[2]) in small)]
     if len(fewer) == len(mv) or time.perf_counter() >= stop:
         return mv, f, sol

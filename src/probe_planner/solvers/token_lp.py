@@ -18,6 +18,7 @@ from .layers import (
     greedy_fallback,
     greedy_first,
     greedy_start,
+    hosts_of,
     layer_makespan,
     model_size,
     nothing_fits,
@@ -34,8 +35,7 @@ from .split_lp import exact_split, prepare
 def token_lp(prob: Problem, lay: int, replicas: np.ndarray, end: float) -> tuple[LayerPlan | None, ModelSolution | None]:
     """Best token split for a fixed placement (every host active), then integral routes; by ``end``
     (a ``perf_counter`` time), else ``(None, None)`` without starting when the LP cannot fit."""
-    hosts = prob.topology.native.copy()
-    hosts[replicas[:, 2], replicas[:, 0]] = True
+    hosts = hosts_of(prob, replicas)
     # the native placement's token LP plus ~4 columns a replica: close enough to gate on, and cheap
     if not phase_fits(prob, remaining(end), 0) or \
             not phase_fits(prob, remaining(end), model_size(prob, lay, copies=False) + 4 * replicas.shape[0]):
